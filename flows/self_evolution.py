@@ -1,0 +1,171 @@
+"""The self-evolution flow: K iterations of VisPlay, each a Prefect subflow of seven cached stages.
+
+Iteration k starts from iteration k-1's Questioner and Reasoner (iteration 1 from the base model).
+Rerunning a run (same name, or any run whose stages have the same cache keys) restores every finished
+stage and computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_generation, confidence_scoring,
+                          question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import RunContext, StageResult, experiment_id, log_iteration, open_run, set_tags, tracking_uri
+from visplay_core.config import VisPlayConfig
+from visplay_core.corpus import EmptyCorpusError, ingest, write_embedded_corpus
+from visplay_core.io import write_json
+
+STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
+          "threshold_filtering", "reasoner_grpo", "benchmark_eval")
+
+
+class IterationResult(BaseModel):
+    iteration: int
+    questioner: Checkpoint
+    reasoner: Checkpoint
+    stages: dict[str, StageResult]
+
+
+def prepare_corpus(config: VisPlayConfig, home: Path) -> tuple[Path, Path | None]:
+    """Ingest the corpus once (normalized images + manifest); returns (ingested folder, truth folder)."""
+    truth = None
+    source = Path(config.corpus)
+    if config.corpus == "embedded":
+        truth = write_embedded_corpus(home / "world" / f"n{config.corpus_size}-s{config.seed}",
+                                      config.corpus_size, config.seed)
+        source = truth / "images"
+    tag = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
+    folder = home / "corpus" / tag
+    manifest = ingest(source, folder, max_pixels=config.max_image_pixels)
+    if not manifest.images:
+        raise EmptyCorpusError(f"corpus {config.corpus}: no usable image ({manifest.summary()})")
+    return folder, truth
+
+
+def iteration_images(folder: Path, truth: Path | None, config: VisPlayConfig, k: int) -> ImageSet:
+    """A seeded draw of ``images_per_iteration`` images for iteration k (ids are content hashes)."""
+    ids = sorted(m["id"] for m in json.loads((folder / "manifest.json").read_text())["images"])
+    chosen = random.Random(config.seed * 1000 + k).sample(ids, min(config.images_per_iteration, len(ids)))
+    return ImageSet(folder=str(folder), ids=chosen, truth=str(truth) if truth else None)
+
+
+@flow(name="iteration")
+def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpoint, images: ImageSet) -> IterationResult:
+    """One VisPlay iteration: Questioner update, curation, Reasoner update, evaluation."""
+    client = ctx.client
+    run_id = open_run(client, ctx.experiment_id, f"iteration-{k}",
+                      {"visplay.run": ctx.run, "visplay.iteration": str(k), "visplay.level": "iteration"}, ctx.run_id)
+    try:
+        rollout = question_rollout(ctx, k, run_id, questioner, images)
+        scoring = confidence_scoring(ctx, k, run_id, reasoner, images, rollout)
+        q_update = questioner_grpo(ctx, k, run_id, questioner, reasoner, images, scoring)
+        new_questioner = Checkpoint(path=str(Path(q_update.folder) / "model"), key=q_update.key)
+        candidates = candidate_generation(ctx, k, run_id, new_questioner, reasoner, images)
+        curated = threshold_filtering(ctx, k, run_id, candidates)
+        r_update = reasoner_grpo(ctx, k, run_id, reasoner, images, curated)
+        new_reasoner = Checkpoint(path=str(Path(r_update.folder) / "model"), key=r_update.key)
+        evaluation = benchmark_eval(ctx, k, run_id, new_reasoner, images, {
+            "confidence_scoring": scoring, "candidate_generation": candidates, "threshold_filtering": curated})
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    stages = dict(zip(STAGES, (rollout, scoring, q_update, candidates, curated, r_update, evaluation)))
+    log_iteration(client, run_id, k, _iteration_row(k, stages))
+    client.set_terminated(run_id, "FINISHED")
+    return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages)
+
+
+def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
+    ev = stages["benchmark_eval"].metrics
+    return {
+        "shapes_accuracy": ev.get("shapes_accuracy"),
+        "pseudo_label_accuracy": ev.get("pseudo_label_accuracy"),
+        "curated": stages["threshold_filtering"].metrics["curated"],
+        "mean_confidence": stages["candidate_generation"].metrics["mean_confidence"],
+        "questioner_validity": stages["confidence_scoring"].metrics["validity_rate"],
+        "questioner_reward": stages["confidence_scoring"].metrics["mean_reward"],
+    }
+
+
+def run_name_for(config: VisPlayConfig) -> str:
+    return f"{config.preset}-{config.digest()[:8]}"
+
+
+@flow(name="self-evolution")
+def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str | None = None) -> dict:
+    """Run (or resume) K iterations of VisPlay self-evolution; returns the run summary."""
+    logger = get_run_logger()
+    start = time.time()
+    home_path = Path(home).resolve()
+    home_path.mkdir(parents=True, exist_ok=True)
+    run = run_name or run_name_for(config)
+    uri = tracking_uri(home_path)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, home_path)
+    run_id = open_run(client, exp, run, {"visplay.run": run, "visplay.level": "run"})
+    set_tags(client, run_id, {"visplay.preset": config.preset, "visplay.home": str(home_path)})
+    ctx = RunContext(home=str(home_path), run=run, config=config, tracking_uri=uri, experiment_id=exp, run_id=run_id)
+    logger.info("run %s: home %s, tracking %s", run, home_path, uri)
+    try:
+        folder, truth = prepare_corpus(config, home_path)
+        base = Checkpoint.of_folder(config.base_model_path)
+        base_eval = benchmark_eval(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
+        questioner = reasoner = base
+        results = []
+        for k in range(1, config.iterations + 1):
+            result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
+            questioner, reasoner = result.questioner, result.reasoner
+            results.append(result)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    summary = build_summary(run, config, base_eval, results, time.time() - start)
+    for row in summary["iterations"]:
+        log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
+    write_json(home_path / "runs" / run / "summary.json", summary)
+    write_json(home_path / "summary.json", summary)
+    client.log_artifact(run_id, str(home_path / "runs" / run / "summary.json"))
+    client.set_terminated(run_id, "FINISHED")
+    print(summary_table(summary))
+    return summary
+
+
+def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, results: list[IterationResult],
+                  seconds: float) -> dict:
+    return {
+        "run": run,
+        "preset": config.preset,
+        "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy")},
+        "iterations": [
+            {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
+             "stages": {name: {"seconds": round(s.seconds, 3), "cached": s.cached} for name, s in r.stages.items()}}
+            for r in results],
+        "seconds": round(seconds, 3),
+    }
+
+
+def summary_table(summary: dict) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    head = ["iter", "shapes_acc", "pseudo_label_acc", "curated", "mean_conf", "seconds", "cached stages"]
+    rows = [["base", fmt(summary["base"]["shapes_accuracy"]), "-", "-", "-", "-", "-"]]
+    for it in summary["iterations"]:
+        cached = [n for n, s in it["stages"].items() if s["cached"]]
+        rows.append([str(it["iteration"]), fmt(it["shapes_accuracy"]), fmt(it["pseudo_label_accuracy"]),
+                     fmt(it["curated"]), fmt(it["mean_confidence"]),
+                     f"{sum(s['seconds'] for s in it['stages'].values()):.1f}",
+                     f"{len(cached)}/{len(it['stages'])}"])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    return "\n".join([f"run {summary['run']} ({summary['preset']}), {summary['seconds']:.1f} s"] + lines)

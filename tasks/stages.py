@@ -1,0 +1,287 @@
+"""The seven stages of a self-evolution iteration, one thin Prefect task each.
+
+Every task names its inputs (checkpoints and datasets by key), its configuration slice, and a
+``compute`` that calls ``visplay_core`` and writes its outputs; ``run_stage`` caches and records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from statistics import mean
+
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+from transformers import set_seed
+
+from visplay_core import prompts, selfplay
+from visplay_core.corpus import Manifest, scenes_by_id
+from visplay_core.evaluate import evaluate_shapes
+from visplay_core.generation import HFEngine, VLLMEngine
+from visplay_core.grpo import grpo_train
+from visplay_core.io import read_jsonl, write_json, write_jsonl
+from visplay_core.measure import measure_iteration
+from visplay_core.model import load_model, load_processor, save_checkpoint
+from visplay_core.rewards import (Candidate, Vote, curate, format_reward, make_questioner_reward_func,
+                                  questioner_rewards, reasoner_accuracy_reward)
+
+from .tracking import RunContext, StageResult, run_stage
+
+
+class Checkpoint(BaseModel):
+    """A model folder and the key that identifies its content."""
+
+    path: str
+    key: str
+
+    @staticmethod
+    def of_folder(path: str | Path) -> "Checkpoint":
+        """Key a checkpoint by its config and its files' names and sizes (no full hash of GBs of weights)."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a model checkpoint folder (no config.json)")
+        listing = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+        blob = (path / "config.json").read_bytes() + json.dumps(listing).encode()
+        return Checkpoint(path=str(path), key=hashlib.sha256(blob).hexdigest()[:16])
+
+
+class ImageSet(BaseModel):
+    """Images of one iteration: ids (content hashes) in an ingested corpus folder; ``truth`` is the
+    embedded world's folder (its scenes, for measurement only), None for other corpora."""
+
+    folder: str
+    ids: list[str]
+    truth: str | None = None
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.ids).encode()).hexdigest()[:16]
+
+    def load(self) -> dict[str, Image.Image]:
+        return _load_images(self.folder, tuple(self.ids))
+
+
+@lru_cache(maxsize=8)
+def _load_images(folder: str, ids: tuple[str, ...]) -> dict[str, Image.Image]:
+    return {i: Image.open(Path(folder) / "images" / f"{i}.png").convert("RGB") for i in ids}
+
+
+def _engine(ctx: RunContext, checkpoint: Checkpoint):
+    processor = load_processor(checkpoint.path, ctx.config.trust_remote_code)
+    if ctx.config.engine == "vllm":
+        return VLLMEngine(checkpoint.path, processor, seed=ctx.config.seed)
+    return HFEngine(load_model(checkpoint.path, ctx.config.trust_remote_code), processor)
+
+
+def _scorer(ctx: RunContext, reasoner: Checkpoint, m: int, seed: int) -> selfplay.ConfidenceScorer:
+    role = ctx.config.reasoner
+    return selfplay.ConfidenceScorer(_engine(ctx, reasoner), m=m, temperature=role.temperature,
+                                     max_new_tokens=role.max_new_tokens, seed=seed)
+
+
+def _vote(row: dict) -> Vote:
+    return Vote(label=row["pseudo_label"], confidence=row["confidence"], votes=row["votes"], m=row["m"])
+
+
+def _question_metrics(rows: list[dict]) -> dict:
+    valid = [r for r in rows if r["question"] is not None]
+    return {
+        "questions": len(rows),
+        "validity_rate": len(valid) / len(rows) if rows else 0.0,
+        "distinct_questions": len({r["question"] for r in valid}),
+        "mean_confidence": mean(r["confidence"] for r in valid) if valid else 0.0,
+    }
+
+
+def _checkpoint_key(stage: StageResult) -> Checkpoint:
+    return Checkpoint(path=str(Path(stage.folder) / "model"), key=stage.key)
+
+
+@task(name="question_rollout", cache_policy=NO_CACHE)
+def question_rollout(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint, images: ImageSet) -> StageResult:
+    """The current Questioner writes G questions per image (before its update)."""
+    cfg = ctx.config
+    params = {"G": cfg.group_size, "temperature": cfg.questioner.temperature,
+              "max_new_tokens": cfg.questioner.max_new_tokens, "engine": cfg.engine, "seed": cfg.seed}
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed + k)
+        rows = selfplay.write_questions(_engine(ctx, questioner), images.load(), images.ids, n=cfg.group_size,
+                                        temperature=cfg.questioner.temperature,
+                                        max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + k)
+        write_jsonl(out / "questions.jsonl", rows)
+        valid = sum(r["question"] is not None for r in rows)
+        return {"questions": len(rows), "validity_rate": valid / len(rows)}
+
+    return run_stage(ctx, k, run_id, "question_rollout", {"questioner": questioner.key, "images": images.key},
+                     params, compute)
+
+
+@task(name="confidence_scoring", cache_policy=NO_CACHE)
+def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, images: ImageSet,
+                       rollout: StageResult) -> StageResult:
+    """The Reasoner votes on every rolled-out question; each gets its confidence and Questioner reward.
+    Measures the Questioner's difficulty before its update and picks the images its GRPO trains on."""
+    cfg = ctx.config
+    params = {"m": cfg.method.m_questioner, "reasoner_temperature": cfg.reasoner.temperature,
+              "max_new_tokens": cfg.reasoner.max_new_tokens, "method": cfg.method.model_dump(), "seed": cfg.seed}
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed + k)
+        rows = selfplay.score_rows(_scorer(ctx, reasoner, cfg.method.m_questioner, cfg.seed + 100 * k),
+                                   images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
+        rewards = questioner_rewards([r["confidence"] for r in rows], [r["question"] for r in rows], cfg.method,
+                                     group_ids=[r["image_id"] for r in rows])
+        rows = [{**r, "reward": w} for r, w in zip(rows, rewards)]
+        write_jsonl(out / "scored.jsonl", rows)
+        by_image: dict[str, list[float]] = {}
+        for r in rows:
+            by_image.setdefault(r["image_id"], []).append(r["reward"])
+        # GRPO learns only from groups whose rewards differ: train on those images (all when none do).
+        informative = [i for i in images.ids if len(set(by_image.get(i, []))) > 1] or list(images.ids)
+        write_json(out / "grpo_images.json", informative)
+        return {**_question_metrics(rows), "mean_reward": mean(rewards), "informative_images": len(informative)}
+
+    return run_stage(ctx, k, run_id, "confidence_scoring", {"reasoner": reasoner.key, "rollout": rollout.key},
+                     params, compute)
+
+
+@task(name="questioner_grpo", cache_policy=NO_CACHE)
+def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint, reasoner: Checkpoint,
+                    images: ImageSet, scoring: StageResult) -> StageResult:
+    """GRPO on the Questioner: reward = uncertainty of the Reasoner's vote minus the diversity penalty."""
+    cfg, role = ctx.config, ctx.config.questioner
+    params = {"role": role.model_dump(), "method": cfg.method.model_dump(), "kl_beta": cfg.kl_beta,
+              "reasoner_temperature": cfg.reasoner.temperature, "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens,
+              "seed": cfg.seed}
+    work = Path(ctx.home) / "work" / f"questioner_grpo-{k}-{questioner.key}-{scoring.key}"
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed + k)
+        model, processor = load_model(questioner.path, cfg.trust_remote_code), load_processor(questioner.path)
+        pictures = images.load()
+        chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
+        rows = [{"prompt": prompts.questioner_messages(), "image": pictures[i], "image_id": i} for i in chosen]
+        scorer = _scorer(ctx, reasoner, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
+        history = grpo_train(model, processor, rows, [make_questioner_reward_func(scorer.confidences, cfg.method)],
+                             work_dir=work, steps=role.steps, learning_rate=role.learning_rate,
+                             prompts_per_step=role.prompts_per_step, num_generations=role.num_generations,
+                             temperature=role.temperature, max_new_tokens=role.max_new_tokens,
+                             save_steps=role.save_steps, kl_beta=cfg.kl_beta, seed=cfg.seed + k,
+                             use_vllm=cfg.engine == "vllm")
+        save_checkpoint(model, processor, out / "model")
+        write_jsonl(out / "history.jsonl", history)
+        return {"grpo": history, "steps": role.steps}
+
+    result = run_stage(ctx, k, run_id, "questioner_grpo",
+                       {"questioner": questioner.key, "reasoner": reasoner.key, "scoring": scoring.key}, params, compute)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+@task(name="candidate_generation", cache_policy=NO_CACHE)
+def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint, reasoner: Checkpoint,
+                         images: ImageSet) -> StageResult:
+    """The updated Questioner writes N candidates per image; the Reasoner's vote labels each one."""
+    cfg = ctx.config
+    params = {"N": cfg.candidates_per_image, "m": cfg.method.m_curation, "temperature": cfg.questioner.temperature,
+              "reasoner_temperature": cfg.reasoner.temperature, "max_new_tokens": cfg.questioner.max_new_tokens,
+              "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens, "engine": cfg.engine, "seed": cfg.seed}
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed + k)
+        pictures = images.load()
+        rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
+                                        temperature=cfg.questioner.temperature,
+                                        max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + 10 * k)
+        rows = selfplay.score_rows(_scorer(ctx, reasoner, cfg.method.m_curation, cfg.seed + 100 * k + 2), pictures, rows)
+        write_jsonl(out / "candidates.jsonl", rows)
+        return _question_metrics(rows)
+
+    return run_stage(ctx, k, run_id, "candidate_generation",
+                     {"questioner": questioner.key, "reasoner": reasoner.key, "images": images.key}, params, compute)
+
+
+@task(name="threshold_filtering", cache_policy=NO_CACHE)
+def threshold_filtering(ctx: RunContext, k: int, run_id: str, candidates: StageResult) -> StageResult:
+    """Keep candidates whose confidence lies in [tau_low, tau_high]; the majority answer is the pseudo-label."""
+    method = ctx.config.method
+    params = {"tau_low": method.tau_low, "tau_high": method.tau_high}
+
+    def compute(out: Path) -> dict:
+        rows = [r for r in read_jsonl(Path(candidates.folder) / "candidates.jsonl") if r["question"] is not None]
+        kept = curate([Candidate(r["image_id"], r["question"], _vote(r)) for r in rows], method)
+        curated = [{"image_id": c.image_id, "question": c.question, "pseudo_label": c.vote.label,
+                    "confidence": c.vote.confidence, "votes": c.vote.votes} for c in kept]
+        write_jsonl(out / "curated.jsonl", curated)
+        return {"curated": len(curated), "kept_fraction": len(curated) / len(rows) if rows else 0.0,
+                "mean_confidence": mean(c["confidence"] for c in curated) if curated else 0.0}
+
+    return run_stage(ctx, k, run_id, "threshold_filtering", {"candidates": candidates.key}, params, compute)
+
+
+@task(name="reasoner_grpo", cache_policy=NO_CACHE)
+def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, images: ImageSet,
+                  curated: StageResult) -> StageResult:
+    """GRPO on the Reasoner: reward 1 when its boxed answer equals the pseudo-label."""
+    cfg, role = ctx.config, ctx.config.reasoner
+    params = {"role": role.model_dump(), "kl_beta": cfg.kl_beta, "format_weight": cfg.method.reasoner_format_weight,
+              "seed": cfg.seed}
+    work = Path(ctx.home) / "work" / f"reasoner_grpo-{k}-{reasoner.key}-{curated.key}"
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed + k)
+        model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
+        data = read_jsonl(Path(curated.folder) / "curated.jsonl")
+        history = []
+        if data and role.steps:
+            pictures = images.load()
+            rows = [{"prompt": prompts.reasoner_messages(r["question"]), "image": pictures[r["image_id"]],
+                     "pseudo_label": r["pseudo_label"]} for r in data]
+            w = cfg.method.reasoner_format_weight
+            history = grpo_train(model, processor, rows, [reasoner_accuracy_reward, format_reward], work_dir=work,
+                                 steps=role.steps, learning_rate=role.learning_rate,
+                                 prompts_per_step=role.prompts_per_step, num_generations=role.num_generations,
+                                 temperature=role.temperature, max_new_tokens=role.max_new_tokens,
+                                 save_steps=role.save_steps, kl_beta=cfg.kl_beta, seed=cfg.seed + k,
+                                 reward_weights=[1 - w, w], use_vllm=cfg.engine == "vllm")
+        save_checkpoint(model, processor, out / "model")
+        write_jsonl(out / "history.jsonl", history)
+        return {"grpo": history, "steps": role.steps if data else 0, "trained_on": len(data)}
+
+    result = run_stage(ctx, k, run_id, "reasoner_grpo", {"reasoner": reasoner.key, "curated": curated.key},
+                       params, compute)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+@task(name="benchmark_eval", cache_policy=NO_CACHE)
+def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, images: ImageSet,
+                   stages: dict[str, StageResult]) -> StageResult:
+    """ShapesBench accuracy of the Reasoner, and on the embedded world the oracle's view of the iteration:
+    validity and difficulty of the questions, true accuracy of the pseudo-labels and their calibration."""
+    cfg = ctx.config
+    params = {"eval": cfg.eval.model_dump()}
+
+    def compute(out: Path) -> dict:
+        set_seed(cfg.seed)
+        model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
+        scores = evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled)
+        files = {name: read_jsonl(Path(s.folder) / f) for name, s, f in (
+            ("rollout", stages.get("confidence_scoring"), "scored.jsonl"),
+            ("candidates", stages.get("candidate_generation"), "candidates.jsonl"),
+            ("curated", stages.get("threshold_filtering"), "curated.jsonl")) if s is not None}
+        scenes = scenes_by_id(images.truth, Manifest.load(images.folder)) if images.truth else {}
+        truth = measure_iteration(files, scenes)
+        write_json(out / "eval.json", {"shapes": scores, **truth})
+        return {"shapes_accuracy": scores["accuracy"],
+                **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in scores["per_kind"].items()},
+                **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
+
+    return run_stage(ctx, k, run_id, "benchmark_eval",
+                     {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()}}, params, compute)

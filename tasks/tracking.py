@@ -1,0 +1,165 @@
+"""Stages as MLflow runs, cached by content: the resume machinery of a self-evolution run.
+
+A stage's identity is its cache key: a hash of its name, its slice of the configuration and the keys of
+its inputs. Its outputs are written to ``HOME/stages/<stage>-<key>/`` atomically, logged to MLflow as
+artifacts under ``outputs/``, and only then is its MLflow run tagged ``visplay.complete``. A rerun finds
+finished stages by key and restores them: from the local folder when it is there, else by downloading
+the artifacts from MLflow. Anything less than complete (an exception, Ctrl-C, SIGKILL) is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from visplay_core.config import VisPlayConfig
+from visplay_core.io import atomic_dir, write_json
+
+EXPERIMENT = "visplay"
+DONE = "_COMPLETE"
+
+
+class RunContext(BaseModel):
+    """What every stage needs to know about the run it belongs to."""
+
+    home: str
+    run: str
+    config: VisPlayConfig
+    tracking_uri: str
+    experiment_id: str
+    run_id: str  # the MLflow run of the whole self-evolution run
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+class StageResult(BaseModel):
+    stage: str
+    iteration: int
+    key: str
+    folder: str
+    metrics: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+def tracking_uri(home: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set (a server), else an embedded SQLite store under the run's home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def experiment_id(client: MlflowClient, home: Path) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    return client.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
+
+
+def cache_key(stage: str, inputs: dict[str, Any]) -> str:
+    payload = json.dumps({"stage": stage, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def open_run(client: MlflowClient, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+    """The MLflow run tagged with ``tags`` (reopened), or a new one nested under ``parent``."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = client.search_runs([experiment], query, max_results=1, order_by=["attributes.start_time ASC"])
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    all_tags = dict(tags, **({"mlflow.parentRunId": parent} if parent else {}))
+    return client.create_run(experiment, tags=all_tags, run_name=name).info.run_id
+
+
+def _finished_run(ctx: RunContext, key: str):
+    runs = ctx.client.search_runs([ctx.experiment_id], f"tags.`visplay.cache_key` = '{key}' and "
+                                  "tags.`visplay.complete` = 'true'", max_results=1)
+    return runs[0] if runs else None
+
+
+def _flat(prefix: str, data: Any) -> dict[str, str]:
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: str(data)[:500]}
+
+
+def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str, inputs: dict[str, Any],
+              params: dict[str, Any], compute: Callable[[Path], dict]) -> StageResult:
+    """Restore the stage if a finished copy exists, else compute it into a fresh folder and record it.
+
+    ``compute(folder)`` writes the stage's outputs into ``folder`` and returns its metrics: scalars, and
+    lists of ``{"step": s, name: value}`` rows for curves. ``params`` is the stage's configuration slice,
+    part of its cache key.
+    """
+    start = time.time()
+    key = cache_key(stage, {"params": params, **inputs})
+    folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
+    client = ctx.client
+    finished = _finished_run(ctx, key)
+    if finished is not None and not (folder / DONE).exists():
+        with atomic_dir(folder) as tmp:
+            client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
+            for item in (tmp / "outputs").iterdir():
+                item.rename(tmp / item.name)
+            (tmp / "outputs").rmdir()
+    cached = (folder / DONE).exists()
+    tags = {"visplay.run": ctx.run, "visplay.iteration": str(iteration), "visplay.stage": stage,
+            "visplay.cache_key": key}
+    if cached and finished is not None:
+        return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=True,
+                           metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
+    run_id = client.create_run(ctx.experiment_id, run_name=f"{iteration}-{stage}",
+                               tags={**tags, "mlflow.parentRunId": iteration_run_id}).info.run_id
+    try:
+        if not cached:  # a folder finished locally but never recorded is logged, not recomputed
+            with atomic_dir(folder) as tmp:
+                metrics = compute(tmp)
+                write_json(tmp / "metrics.json", metrics)
+                (tmp / DONE).write_text(key)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        _log(client, run_id, params, metrics)
+        client.log_artifacts(run_id, str(folder), "outputs")
+        client.set_tag(run_id, "visplay.complete", "true")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=cached,
+                       metrics=metrics, seconds=time.time() - start)
+
+
+def _log(client: MlflowClient, run_id: str, params: dict, metrics: dict) -> None:
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for name, series in metrics.items():
+        if isinstance(series, list) and series and isinstance(series[0], dict) and "step" in series[0]:
+            rows += [Metric(f"{name}.{k}", float(v), now, int(r["step"])) for r in series for k, v in r.items()
+                     if k != "step" and isinstance(v, (int, float))]
+    param_rows = [Param(k, v) for k, v in _flat("", params).items()]
+    for i in range(0, max(len(rows), len(param_rows)), 900):
+        client.log_batch(run_id, metrics=rows[i:i + 900], params=param_rows[i:i + 100] if i == 0 else [])
+    for i in range(100, len(param_rows), 100):
+        client.log_batch(run_id, params=param_rows[i:i + 100])
+
+
+def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[str, float]) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+

@@ -1,0 +1,137 @@
+"""Bootstrap: a short, seeded supervised training that turns a fresh tiny VLM into a base that sees.
+
+It learns both roles from the same prompts self-play will use: as Reasoner it describes the scene
+(raster order, with grid positions) and then boxes the answer; as Questioner it writes one valid question
+about the image. Describing first is what makes a small model read the image at all (a mixed
+question-only curriculum learns question priors and lets the vision gradient vanish; see NOTES).
+Image use is measured while training: the completion loss with true images vs with shuffled ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import prompts, world
+from .evaluate import evaluate_shapes
+from .io import atomic_dir, write_json
+from .model import build_tiny_vlm, save_checkpoint
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    questioner_share: float = 0.25
+    seed: int = 0
+    probe_every: int = 100
+    eval_every: int = 500
+    eval_limit: int = 120
+    threads: int = 2
+
+
+def example(rng: random.Random, questioner_share: float):
+    """One training example: (image, chat messages, target completion)."""
+    scene = world.random_scene(rng)
+    image = world.render(scene, seed=rng.randrange(2**31))
+    if rng.random() < questioner_share:
+        question, _, _ = world.sample_question(scene, rng)
+        return image, prompts.questioner_messages(), prompts.format_question(question)
+    kind = rng.choice(world.KINDS)
+    drawn = world.sample_question(scene, rng, kind=kind) or world.sample_question(scene, rng)
+    return image, prompts.reasoner_messages(drawn[0]), prompts.format_answer(world.describe(scene), drawn[1])
+
+
+def world_texts(n: int, seed: int) -> list[str]:
+    """The world's language (prompts, questions, descriptions, answers), to train the tokenizer on."""
+    rng = random.Random(seed)
+    texts = [prompts.QUESTIONER_INSTRUCTION]
+    for _ in range(n):
+        image, messages, target = example(rng, 0.5)
+        texts += [messages[0]["content"][1]["text"], target]
+    return texts
+
+
+def collate(processor, batch):
+    """Model inputs with labels on the completion tokens and the closing ``<|im_end|>`` only."""
+    images, conversations, targets = zip(*batch)
+    end = "<|im_end|>"
+    prompts_text = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    enc = processor(text=[p + t + end for p, t in zip(prompts_text, targets)], images=list(images),
+                    return_tensors="pt", padding=True)
+    labels = torch.full_like(enc["input_ids"], -100)
+    for row, target in enumerate(targets):
+        n = len(processor.tokenizer(target + end, add_special_tokens=False)["input_ids"])
+        labels[row, -n:] = enc["input_ids"][row, -n:]
+    enc["labels"] = labels
+    return enc
+
+
+def _lr_factor(step: int, cfg: BootstrapConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def image_use_probe(model, processor, probe) -> tuple[float, float]:
+    """Completion loss on a fixed batch with its true images and with the images rotated by one."""
+    model.eval()
+    true_loss = model(**collate(processor, probe)).loss.item()
+    rotated = [(probe[(i + 1) % len(probe)][0],) + tuple(probe[i][1:]) for i in range(len(probe))]
+    shuffled_loss = model(**collate(processor, rotated)).loss.item()
+    model.train()
+    return true_loss, shuffled_loss
+
+
+def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), progress: bool = True) -> dict:
+    """Train the tiny base from scratch and save it (atomically) to ``output``; returns its log."""
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    model, processor = build_tiny_vlm(world_texts(4000, cfg.seed), seed=cfg.seed)
+    rng = random.Random(cfg.seed + 1)
+    probe = [example(random.Random(10_000 + i), cfg.questioner_share) for i in range(64)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    log: dict = {"config": cfg.__dict__, "probes": [], "evals": []}
+    start = time.time()
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="bootstrap", disable=not progress)
+    for step in bar:
+        loss = model(**collate(processor, [example(rng, cfg.questioner_share) for _ in range(cfg.batch_size)])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.probe_every == 0:
+            true_loss, shuffled_loss = image_use_probe(model, processor, probe)
+            log["probes"].append({"step": step + 1, "loss": true_loss, "shuffled_loss": shuffled_loss})
+            bar.set_postfix(loss=f"{true_loss:.3f}", shuffled=f"{shuffled_loss:.3f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            scores = evaluate_shapes(model, processor, limit=cfg.eval_limit)
+            model.train()
+            log["evals"].append({"step": step + 1, **_brief(scores)})
+            tqdm.write(f"step {step + 1}: {_brief(scores)}")
+    model.eval()
+    log["final"] = evaluate_shapes(model, processor)
+    log["seconds"] = time.time() - start
+    with atomic_dir(output) as tmp:
+        save_checkpoint(model, processor, tmp)
+        write_json(tmp / "bootstrap_log.json", log)
+    return log
+
+
+def _brief(scores: dict) -> dict:
+    return {"accuracy": round(scores["accuracy"], 3), "shuffled": round(scores["shuffled_image_accuracy"], 3),
+            **{k: round(v["accuracy"], 2) for k, v in scores["per_kind"].items()}}

@@ -1,0 +1,150 @@
+"""The one configuration object of a self-evolution run: typed, validated, loaded from YAML presets or
+files, overridable with ``key=value`` pairs (dotted keys reach nested sections)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .method import MethodConfig, method_preset
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+BASE_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny-base"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the reason."""
+
+
+class RoleConfig(BaseModel):
+    """GRPO and sampling settings of one role (Questioner or Reasoner)."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(20, ge=0, description="GRPO steps per iteration")
+    learning_rate: float = Field(1e-6, gt=0)
+    prompts_per_step: int = Field(2, ge=1, description="images (Questioner) or questions (Reasoner) per GRPO step")
+    num_generations: int = Field(8, ge=2, description="GRPO group size: completions per prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of rollouts")
+    max_new_tokens: int = Field(48, ge=1)
+    save_steps: int = Field(5, ge=1, description="GRPO trainer checkpoint every N steps (resume inside a stage)")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int | None = Field(None, ge=6, description="ShapesBench items per evaluation (all when unset)")
+    shuffled: bool = Field(False, description="also score with shuffled images (doubles eval time)")
+
+
+class VisPlayConfig(BaseModel):
+    """Everything a self-evolution run depends on. A run's stages are cached on slices of this."""
+
+    model_config = ConfigDict(extra="forbid")
+    preset: str = Field("custom", description="name of the preset this config came from")
+    base_model: str = Field("base", description="local HF checkpoint path, or 'base' for the embedded tiny VLM")
+    trust_remote_code: bool = False
+    corpus: str = Field("embedded", description="'embedded' (the shapes world) or a folder of images")
+    corpus_size: int = Field(256, ge=1, description="images written for the embedded corpus")
+    max_image_pixels: int = Field(1280 * 28 * 28, ge=64, description="images are downscaled to this pixel budget")
+    images_per_iteration: int = Field(32, ge=1, description="images drawn from the corpus each iteration")
+    iterations: int = Field(3, ge=1)
+    group_size: int = Field(8, ge=2, description="G: questions sampled per image")
+    candidates_per_image: int = Field(8, ge=1, description="questions the updated Questioner writes per image")
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    questioner: RoleConfig = Field(default_factory=lambda: RoleConfig(max_new_tokens=32))
+    reasoner: RoleConfig = Field(default_factory=RoleConfig)
+    kl_beta: float = Field(0.0, ge=0, description="GRPO KL coefficient (0: no reference model)")
+    engine: Literal["hf", "vllm"] = Field("hf", description="generation engine for rollouts and scoring")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: int = 0
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return method_preset(value)
+        if isinstance(value, dict) and "preset" in value:
+            rest = dict(value)
+            return MethodConfig.model_validate({**method_preset(rest.pop("preset")).model_dump(), **rest})
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "VisPlayConfig":
+        if self.corpus != "embedded" and not Path(self.corpus).exists():
+            raise ValueError(f"corpus: {self.corpus!r} does not exist")
+        if self.base_model != "base" and not Path(self.base_model).exists():
+            raise ValueError(f"base_model: {self.base_model!r} does not exist (a local checkpoint folder)")
+        if self.questioner.num_generations != self.group_size:
+            raise ValueError(f"questioner.num_generations ({self.questioner.num_generations}) must equal "
+                             f"group_size G ({self.group_size})")
+        return self
+
+    @property
+    def base_model_path(self) -> Path:
+        return BASE_CHECKPOINT if self.base_model == "base" else Path(self.base_model)
+
+    def digest(self, *keys: str) -> str:
+        """A stable hash of the named top-level fields (all when none): the config part of cache keys."""
+        data = self.model_dump(mode="json")
+        picked = {k: data[k] for k in (keys or sorted(data))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+    if leaf == "method" and isinstance(value, str) and isinstance(node.get("method"), dict):
+        node["method"] = {"preset": value}
+    else:
+        node[leaf] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=3", "c=x"]`` → ``[("a.b", 3), ("c", "x")]``; values are read as YAML scalars."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r}: expected key=value")
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> VisPlayConfig:
+    """A config from a preset name or a YAML file (``demo`` when None), with ``key=value`` overrides."""
+    source = source or "demo"
+    path = PRESETS_DIR / f"{source}.yaml" if str(source) in preset_names() else Path(source)
+    if not path.exists():
+        raise ConfigError(f"config {str(source)!r}: no such file or preset (presets: {', '.join(preset_names())})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of keys to values")
+    if "method" in data and isinstance(data["method"], str):
+        data["method"] = {"preset": data["method"]}
+    data.setdefault("preset", path.stem)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    try:
+        return VisPlayConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"{key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""))
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,36 @@
+"""Evaluating a Reasoner on ShapesBench: greedy accuracy per kind, question-only and shuffled-image references."""
+
+from __future__ import annotations
+
+import random
+
+from . import bench, prompts
+from .answers import answers_match, extract_answer
+from .generation import generate
+
+
+def answer_questions(model, processor, images, questions, batch_size: int = 64, max_new_tokens: int = 48):
+    """Greedy final answers (None where no answer was given) to ``questions`` about ``images``."""
+    completions = generate(model, processor, images, [prompts.reasoner_messages(q) for q in questions],
+                           temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [extract_answer(c[0]) for c in completions]
+
+
+def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool = True,
+                    batch_size: int = 64) -> dict:
+    """ShapesBench scores; ``limit`` caps the number of items (spread evenly over the kinds)."""
+    per_kind = None if limit is None else max(1, limit // len(bench.world.KINDS))
+    items = bench.limited(bench.shapes_bench(), per_kind)
+    images = [i.image() for i in items]
+    questions = [i.question for i in items]
+    result = bench.score(items, answer_questions(model, processor, images, questions, batch_size), answers_match)
+    result["bench"] = bench.VERSION
+    if shuffled:
+        order = list(range(len(images)))
+        random.Random(0).shuffle(order)
+        swapped = answer_questions(model, processor, [images[j] for j in order], questions, batch_size)
+        shuffled_scores = bench.score(items, swapped, answers_match)
+        result["shuffled_image_accuracy"] = shuffled_scores["accuracy"]
+        for kind, row in result["per_kind"].items():
+            row["shuffled_image_accuracy"] = shuffled_scores["per_kind"][kind]["accuracy"]
+    return result

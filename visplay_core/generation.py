@@ -1,0 +1,74 @@
+"""Batched generation: Hugging Face ``generate`` (the ``hf`` engine) or vLLM's offline engine (``vllm``).
+
+n samples of one prompt share one prefill (``num_return_sequences`` / vLLM's ``n``); prompts are
+processed in batches. Both engines answer ``generate(images, conversations, n=..., ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+
+def chat_texts(processor, conversations: Sequence[list[dict]]) -> list[str]:
+    return [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+
+
+@torch.inference_mode()
+def generate(model, processor, images: Sequence[Image.Image], conversations: Sequence[list[dict]], *,
+             n: int = 1, temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 32,
+             seed: int | None = None) -> list[list[str]]:
+    """``n`` completions for each (image, conversation); greedy when ``temperature`` is 0."""
+    if len(images) != len(conversations):
+        raise ValueError(f"{len(images)} images for {len(conversations)} prompts")
+    if seed is not None:
+        torch.manual_seed(seed)
+    texts = chat_texts(processor, conversations)
+    sampling = temperature > 0
+    options = dict(do_sample=sampling, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                   pad_token_id=processor.tokenizer.pad_token_id)
+    if sampling:
+        options.update(temperature=temperature, top_k=0, top_p=1.0)
+    results: list[list[str]] = []
+    per_batch = max(1, batch_size // n)
+    for start in range(0, len(texts), per_batch):
+        batch = processor(text=texts[start:start + per_batch], images=list(images[start:start + per_batch]),
+                          return_tensors="pt", padding=True).to(model.device)
+        out = model.generate(**batch, **options)
+        decoded = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        results.extend(decoded[i:i + n] for i in range(0, len(decoded), n))
+    return results
+
+
+class HFEngine:
+    """Generation with an in-memory transformers model."""
+
+    def __init__(self, model, processor, batch_size: int = 32):
+        self.model, self.processor, self.batch_size = model, processor, batch_size
+
+    def generate(self, images, conversations, **options) -> list[list[str]]:
+        return generate(self.model, self.processor, images, conversations, batch_size=self.batch_size, **options)
+
+
+class VLLMEngine:
+    """Generation with vLLM's offline ``LLM`` (GPU only; ``pip install visplay[vllm]``)."""
+
+    def __init__(self, path: str, processor, gpu_memory_utilization: float = 0.4, seed: int = 0):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise RuntimeError("engine 'vllm' needs vLLM: pip install 'visplay[vllm]' (a CUDA machine)") from e
+        self.processor = processor
+        self.llm = LLM(model=str(path), gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                       limit_mm_per_prompt={"image": 1})
+
+    def generate(self, images, conversations, *, n: int = 1, temperature: float = 1.0, max_new_tokens: int = 48,
+                 seed: int | None = None) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
+        requests = [{"prompt": text, "multi_modal_data": {"image": image}}
+                    for text, image in zip(chat_texts(self.processor, conversations), images)]
+        return [[o.text for o in out.outputs] for out in self.llm.generate(requests, params, use_tqdm=False)]

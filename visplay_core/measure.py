@@ -1,0 +1,69 @@
+"""What the hidden ground truth says about an iteration (embedded world only; never used to train).
+
+For each set of questions (the pre-update rollout, the candidates, the curated set): how many are valid
+questions of the grammar for their image, how often the majority-vote pseudo-label is the true answer,
+and for candidates the calibration of pseudo-labels: true accuracy per confidence bin and per kind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from . import world
+from .answers import answers_match
+
+BINS = 10
+
+
+def _truth(rows: list[dict], scenes: dict[str, world.Scene]) -> list[tuple[dict, str | None]]:
+    return [(r, world.oracle(scenes[r["image_id"]], r["question"])) for r in rows
+            if r.get("question") is not None and r["image_id"] in scenes]
+
+
+def label_accuracy(rows: list[dict], scenes: dict[str, world.Scene]) -> dict:
+    """Oracle validity of the questions and true accuracy of their pseudo-labels."""
+    judged = _truth(rows, scenes)
+    valid = [(r, t) for r, t in judged if t is not None]
+    labelled = [(r, t) for r, t in valid if r.get("pseudo_label") is not None]
+    return {
+        "oracle_validity": len(valid) / len(judged) if judged else 0.0,
+        "label_accuracy": sum(answers_match(r["pseudo_label"], t) for r, t in labelled) / len(labelled) if labelled else 0.0,
+        "n": len(judged),
+    }
+
+
+def calibration(rows: list[dict], scenes: dict[str, world.Scene]) -> list[dict]:
+    """True accuracy of pseudo-labels per confidence bin (invalid questions count as wrong)."""
+    bins: dict[int, list[bool]] = defaultdict(list)
+    for r, t in _truth(rows, scenes):
+        if r.get("confidence") is not None and r.get("pseudo_label") is not None:
+            bins[min(int(r["confidence"] * BINS), BINS - 1)].append(t is not None and answers_match(r["pseudo_label"], t))
+    return [{"low": b / BINS, "high": (b + 1) / BINS, "n": len(v), "accuracy": sum(v) / len(v)}
+            for b, v in sorted(bins.items())]
+
+
+def per_kind(rows: list[dict], scenes: dict[str, world.Scene]) -> dict[str, dict]:
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("question") is not None:
+            by_kind[world.question_kind(r["question"]) or "invalid"].append(r)
+    return {k: {"n": len(v), **label_accuracy(v, scenes)} for k, v in sorted(by_kind.items())}
+
+
+def measure_iteration(files: dict[str, list[dict]], scenes: dict[str, world.Scene]) -> dict:
+    """Flat metrics (for MLflow) and tables (for the report) of an iteration's question sets."""
+    if not scenes:
+        return {}
+    out: dict = {}
+    for name, rows in files.items():
+        acc = label_accuracy(rows, scenes)
+        out[f"{name}.oracle_validity"] = acc["oracle_validity"]
+        out[f"{name}.label_accuracy"] = acc["label_accuracy"]
+        out[f"{name}.kinds"] = dict(Counter(world.question_kind(r["question"]) or "invalid"
+                                            for r in rows if r.get("question")))
+    if "curated" in files:
+        out["pseudo_label_accuracy"] = out["curated.label_accuracy"]
+    if "candidates" in files:
+        out["calibration"] = calibration(files["candidates"], scenes)
+        out["candidates.per_kind"] = per_kind(files["candidates"], scenes)
+    return out

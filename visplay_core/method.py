@@ -1,0 +1,70 @@
+"""The method's knobs, and the two settings we can run: the paper's and the official code's.
+
+The defaults are the paper's (arXiv 2511.15661). The official VisPlay code differs from the paper in
+the uncertainty form, ReLU, the reward of invalid questions, the clustering scope, the curation
+window, the number of Reasoner samples used to curate and the Reasoner's format bonus.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+UncertaintyForm = Literal["1-|2c-1|", "min(c,1-c)"]
+"""How the Questioner's uncertainty reward is computed from the Reasoner's confidence c."""
+
+
+class MethodConfig(BaseModel):
+    """Everything that defines the reward and curation rules of one VisPlay variant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uncertainty: UncertaintyForm = Field("1-|2c-1|", description="uncertainty reward form")
+    relu: bool = Field(True, description="clip the Questioner's reward at 0 from below")
+    invalid_reward: float = Field(0.0, description="Questioner reward for an unreadable question")
+    diversity_scope: Literal["group", "batch"] = Field(
+        "group", description="cluster questions within each image's group, or over the whole batch"
+    )
+    diversity_weight: float = Field(1.0, ge=0, description="lambda, weight of the diversity penalty")
+    bleu_distance_threshold: float = Field(0.5, ge=0, le=1, description="clustering cut on 1 - BLEU/100")
+    tau_low: float = Field(0.25, description="lowest confidence a curated question may have")
+    tau_high: float = Field(0.75, description="highest confidence a curated question may have")
+    m_questioner: int = Field(10, ge=1, description="Reasoner samples per question to reward the Questioner")
+    m_curation: int = Field(10, ge=1, description="Reasoner samples per question to curate")
+    reasoner_format_weight: float = Field(
+        0.0, ge=0, le=1, description="Reasoner reward = (1 - w) * accuracy + w * format"
+    )
+
+    @model_validator(mode="after")
+    def _check_window(self) -> MethodConfig:
+        if not 0 <= self.tau_low <= self.tau_high <= 1:
+            raise ValueError(
+                f"the curation window needs 0 <= tau_low <= tau_high <= 1, "
+                f"got tau_low={self.tau_low}, tau_high={self.tau_high}"
+            )
+        return self
+
+
+METHOD_PRESETS: dict[str, MethodConfig] = {
+    "paper": MethodConfig(),
+    "official-code": MethodConfig(
+        uncertainty="min(c,1-c)",
+        relu=False,
+        invalid_reward=-1.0,
+        diversity_scope="batch",
+        tau_low=0.3,
+        tau_high=0.8,
+        m_questioner=10,
+        m_curation=9,
+        reasoner_format_weight=0.1,
+    ),
+}
+
+
+def method_preset(name: str) -> MethodConfig:
+    """The preset called ``name``; a ``ValueError`` naming the known presets if there is none."""
+    try:
+        return METHOD_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown method preset {name!r}; known presets: {', '.join(METHOD_PRESETS)}") from None

@@ -1,0 +1,54 @@
+"""The two roles at work: the Questioner writes questions about images, the Reasoner's sampled answers
+give each question a majority-vote pseudo-label and a confidence. One confidence scorer serves the
+Questioner's GRPO reward and the labelling of candidates before curation."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from PIL import Image
+
+from . import prompts
+from .answers import extract_answer, extract_question
+from .rewards import Vote, majority_vote
+
+
+def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequence[str], n: int,
+                    temperature: float, max_new_tokens: int, seed: int) -> list[dict]:
+    """``n`` sampled Questioner completions per image: rows ``{image_id, completion, question}``;
+    ``question`` is None where the completion is not one question in the Questioner's format."""
+    completions = engine.generate([images[i] for i in image_ids], [prompts.questioner_messages()] * len(image_ids),
+                                  n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    return [{"image_id": image_id, "completion": c, "question": extract_question(c)}
+            for image_id, group in zip(image_ids, completions) for c in group]
+
+
+class ConfidenceScorer:
+    """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question."""
+
+    def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int):
+        self.engine, self.m, self.temperature, self.max_new_tokens, self.seed = engine, m, temperature, max_new_tokens, seed
+        self.calls = 0
+
+    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
+        """A vote per question (None for a None question); all samples of one question share a prefill."""
+        valid = [i for i, q in enumerate(questions) if q is not None]
+        completions = self.engine.generate(
+            [images[i] for i in valid], [prompts.reasoner_messages(questions[i]) for i in valid], n=self.m,
+            temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed + self.calls)
+        self.calls += 1
+        out: list[Vote | None] = [None] * len(questions)
+        for i, samples in zip(valid, completions):
+            out[i] = majority_vote([extract_answer(s) for s in samples])
+        return out
+
+    def confidences(self, questions: list[str | None], images: list[Image.Image]) -> list[float | None]:
+        """The ``score_confidence`` hook of ``rewards.make_questioner_reward_func``."""
+        return [v.confidence if v else None for v in self.votes(images, questions)]
+
+
+def score_rows(scorer: ConfidenceScorer, images: Mapping[str, Image.Image], rows: list[dict]) -> list[dict]:
+    """``rows`` (with ``image_id`` and ``question``) plus the Reasoner's vote on each question."""
+    votes = scorer.votes([images[r["image_id"]] for r in rows], [r["question"] for r in rows])
+    return [{**r, "pseudo_label": v.label if v else None, "confidence": v.confidence if v else None,
+             "votes": v.votes if v else {}, "m": scorer.m} for r, v in zip(rows, votes)]

@@ -1,0 +1,209 @@
+"""The embedded shapes world: seeded scenes, their images, a question grammar and its oracle.
+
+A scene is a few objects (shape, color, size) placed in the cells of a 4×4 grid; the image is drawn from
+the scene with PIL. Each grid cell is 28 px, which is exactly one merged vision token of a Qwen2.5-VL
+vision tower (patch 14, merge 2), so the world is solvable by a very small model.
+
+The scene is hidden ground truth: self-play sees only pixels. The oracle answers any question of the
+grammar from the scene (or says it is not a valid question) and is used only to *measure*.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from PIL import Image, ImageDraw
+
+GRID = 4
+CELL = 28
+IMAGE_SIZE = GRID * CELL
+SHAPES = ("circle", "square", "triangle")
+COLORS = ("red", "green", "blue", "yellow")
+SIZES = ("small", "large")
+MAX_OBJECTS = 4
+RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
+PIXELS = {"small": 14, "large": 24}
+KINDS = ("attribute", "exists", "count", "count2", "compare", "spatial")
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    size: str
+    row: int  # 1..GRID, top to bottom
+    col: int  # 1..GRID, left to right
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]
+    background: int  # grey level of the background tint
+
+    def to_dict(self) -> dict:
+        return {"objects": [asdict(o) for o in self.objects], "background": self.background}
+
+    @staticmethod
+    def from_dict(data: dict) -> "Scene":
+        return Scene(tuple(Obj(**o) for o in data["objects"]), int(data["background"]))
+
+
+def random_scene(rng: random.Random) -> Scene:
+    """1..MAX_OBJECTS objects in distinct cells, listed in raster order."""
+    n = rng.randint(1, MAX_OBJECTS)
+    cells = sorted(rng.sample(range(GRID * GRID), n))
+    objects = tuple(
+        Obj(rng.choice(SHAPES), rng.choice(COLORS), rng.choice(SIZES), c // GRID + 1, c % GRID + 1) for c in cells
+    )
+    return Scene(objects, background=rng.randint(230, 255))
+
+
+def render(scene: Scene, seed: int = 0) -> Image.Image:
+    """Draw the scene: a lightly speckled plain background, each object centred in its cell."""
+    rng = random.Random(seed)
+    bg = scene.background
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (bg, bg, bg))
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):  # light texture
+        x, y, d = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE), rng.randint(8, 20)
+        draw.point((x, y), fill=(bg - d, bg - d, bg - d))
+    for o in scene.objects:
+        half = PIXELS[o.size] // 2
+        cx = (o.col - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
+        cy = (o.row - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
+        box = (cx - half, cy - half, cx + half, cy + half)
+        if o.shape == "circle":
+            draw.ellipse(box, fill=RGB[o.color])
+        elif o.shape == "square":
+            draw.rectangle(box, fill=RGB[o.color])
+        else:
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=RGB[o.color])
+    return image
+
+
+def describe(scene: Scene) -> str:
+    """The scene in words, raster order: the Reasoner's reasoning before its answer."""
+    ordered = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    return "; ".join(f"{o.size} {o.color} {o.shape} at {o.row},{o.col}" for o in ordered) + "."
+
+
+# --- the question grammar -------------------------------------------------------------------------------
+# Each template is (kind, text with {slots}, answer function of (scene, **slots) -> str | None).
+# An answer function returns None when the question does not apply to the scene (e.g. "the circle" when
+# there are two circles): such a question is not valid for that image.
+
+
+def _matching(scene: Scene, **attrs: str) -> list[Obj]:
+    return [o for o in scene.objects if all(getattr(o, k) == v for k, v in attrs.items())]
+
+
+def _unique(scene: Scene, **attrs: str) -> Obj | None:
+    found = _matching(scene, **attrs)
+    return found[0] if len(found) == 1 else None
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _attribute(scene: Scene, ask: str, **attrs: str) -> str | None:
+    o = _unique(scene, **attrs)
+    return getattr(o, ask) if o else None
+
+
+def _relation(scene: Scene, relation: str, color: str, shape: str, color2: str, shape2: str) -> str | None:
+    a, b = _unique(scene, color=color, shape=shape), _unique(scene, color=color2, shape=shape2)
+    if a is None or b is None or a == b:
+        return None
+    return _yes(a.col < b.col if relation == "left of" else a.row < b.row)
+
+
+def _more(scene: Scene, attr: str, a: str, b: str) -> str | None:
+    if a == b:
+        return None
+    return _yes(len(_matching(scene, **{attr: a})) > len(_matching(scene, **{attr: b})))
+
+
+Template = tuple[str, str, Callable[..., "str | None"]]
+TEMPLATES: tuple[Template, ...] = (
+    ("attribute", "What color is the {shape}?", lambda s, shape: _attribute(s, "color", shape=shape)),
+    ("attribute", "What shape is the {color} object?", lambda s, color: _attribute(s, "shape", color=color)),
+    ("attribute", "What size is the {color} {shape}?", lambda s, color, shape: _attribute(s, "size", color=color, shape=shape)),
+    ("exists", "Is there a {color} {shape}?", lambda s, color, shape: _yes(bool(_matching(s, color=color, shape=shape)))),
+    ("exists", "Is there a {size} {shape}?", lambda s, size, shape: _yes(bool(_matching(s, size=size, shape=shape)))),
+    ("count", "How many {shape}s are there?", lambda s, shape: str(len(_matching(s, shape=shape)))),
+    ("count", "How many {color} objects are there?", lambda s, color: str(len(_matching(s, color=color)))),
+    ("count2", "How many {color} {shape}s are there?", lambda s, color, shape: str(len(_matching(s, color=color, shape=shape)))),
+    ("count2", "How many {size} {color} objects are there?", lambda s, size, color: str(len(_matching(s, size=size, color=color)))),
+    ("compare", "Are there more {shape}s than {shape2}s?", lambda s, shape, shape2: _more(s, "shape", shape, shape2)),
+    ("compare", "Are there more {color} objects than {color2} objects?", lambda s, color, color2: _more(s, "color", color, color2)),
+    ("spatial", "Is the {color} {shape} left of the {color2} {shape2}?", lambda s, **k: _relation(s, "left of", **k)),
+    ("spatial", "Is the {color} {shape} above the {color2} {shape2}?", lambda s, **k: _relation(s, "above", **k)),
+)
+_VOCAB = {"shape": SHAPES, "shape2": SHAPES, "color": COLORS, "color2": COLORS, "size": SIZES}
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
+def _template_regex(text: str) -> re.Pattern:
+    parts, last = [], 0
+    for m in _SLOT.finditer(text):
+        parts.append(re.escape(text[last : m.start()]).lower())
+        parts.append(f"(?P<{m.group(1)}>{'|'.join(_VOCAB[m.group(1)])})")
+        last = m.end()
+    parts.append(re.escape(text[last:]).lower())
+    return re.compile("".join(parts))
+
+
+_PARSERS = [(kind, _template_regex(text), answer) for kind, text, answer in TEMPLATES]
+
+
+def _canonical(question: str) -> str:
+    return " ".join(question.strip().lower().split())
+
+
+def parse_question(question: str) -> tuple[str, Callable[..., "str | None"], dict] | None:
+    """(kind, answer function, slots) for a question of the grammar, else None."""
+    text = _canonical(question)
+    for kind, regex, answer in _PARSERS:
+        m = regex.fullmatch(text)
+        if m:
+            return kind, answer, m.groupdict()
+    return None
+
+
+def question_kind(question: str) -> str | None:
+    parsed = parse_question(question)
+    return parsed[0] if parsed else None
+
+
+def oracle(scene: Scene, question: str) -> str | None:
+    """The true answer of ``question`` on ``scene``, or None when it is not a valid question for it."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return None
+    _, answer, slots = parsed
+    return answer(scene, **slots)
+
+
+def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, answer: str | None = None,
+                    tries: int = 200) -> tuple[str, str, str] | None:
+    """A valid (question, answer, kind) for the scene, drawn from the grammar; optionally of one kind
+    and with a wanted answer (used to balance yes/no questions). None if none was found in ``tries``."""
+    templates = [t for t in TEMPLATES if kind is None or t[0] == kind]
+    for _ in range(tries):
+        k, text, fn = rng.choice(templates)
+        slots = {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
+        # Referents drawn from the scene make attribute and spatial questions valid far more often.
+        if k in ("attribute", "spatial") and rng.random() < 0.8:
+            objs = rng.sample(scene.objects, min(2, len(scene.objects)))
+            for suffix, o in zip(("", "2"), objs):
+                for attr in ("shape", "color", "size"):
+                    if attr + suffix in slots:
+                        slots[attr + suffix] = getattr(o, attr)
+        result = fn(scene, **slots)
+        if result is not None and (answer is None or result == answer):
+            return text.format(**slots), result, k
+    return None
