@@ -117,6 +117,8 @@ def test_dotted_overrides_with_yaml_typed_values():
     assert config.trust_remote_code is True
     assert config.seed == 42
     assert config.engine == "vllm"
+    assert load_config("demo", ["max_image_pixels=12544"]).max_image_pixels == 12544
+    assert "max_image_pixels:" in _error(["max_image_pixels=10"])  # below its minimum
     # Untouched values stay the preset's.
     assert config.reasoner.steps == 20 and config.questioner.steps == 10
 

@@ -205,6 +205,9 @@ def test_ingest_is_idempotent(mixed, tmp_path):
     again = ingest(src, tmp_path / "out", max_pixels=BUDGET)
     assert again.images == first.images and again.skipped == first.skipped
     assert again.summary() == first.summary()
+    loaded = corpus.Manifest.load(tmp_path / "out")
+    assert (loaded.images, loaded.skipped) == (first.images, first.skipped)
+    assert loaded.skipped_by_reason == first.skipped_by_reason
     assert len(list((tmp_path / "out" / "images").iterdir())) == len(first.images)
 
 

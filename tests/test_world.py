@@ -15,6 +15,10 @@ THREE = Scene(
     background=250,
 )
 
+# Same row (neither is above the other) and, for the triangles, the same column.
+ROW = Scene((Obj("triangle", "red", "large", 2, 1), Obj("square", "yellow", "small", 2, 4),
+             Obj("triangle", "blue", "small", 4, 1)), background=235)
+
 # (scene, question, expected answer) covering every template of the grammar; hand-computed.
 CASES = [
     # attribute
@@ -60,6 +64,12 @@ CASES = [
     (THREE, "Is the yellow circle left of the green circle?", "yes"),  # col 1 < 2
     (THREE, "Is the yellow circle above the green circle?", "no"),  # row 3 > 1
     (THREE, "Is the green circle above the green square?", "yes"),  # row 1 < 4
+    (ROW, "Is the red triangle above the yellow square?", "no"),  # same row, both ways
+    (ROW, "Is the yellow square above the red triangle?", "no"),
+    (ROW, "Is the red triangle left of the blue triangle?", "no"),  # same column, both ways
+    (ROW, "Is the blue triangle left of the red triangle?", "no"),
+    (ROW, "Is the red triangle above the blue triangle?", "yes"),
+    (ROW, "What color is the square?", "yellow"),
 ]
 
 

@@ -17,7 +17,9 @@ from . import world
 VERSION = "shapes-v1"
 SEED = 20251119
 PER_KIND = 200
-_YES_NO = {"exists", "compare", "spatial"}
+# Answers cycled through per kind, so no answer wins from the question text alone.
+BALANCED = {"exists": ("yes", "no"), "compare": ("yes", "no"), "spatial": ("yes", "no"),
+            "count": ("0", "1", "2"), "count2": ("0", "1", "2")}
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,15 @@ class Item:
 
 
 def sample_items(seed: int, per_kind: int) -> list[Item]:
-    """``per_kind`` valid questions of every kind on fresh scenes; yes/no kinds balanced."""
+    """``per_kind`` valid questions of every kind on fresh scenes; answers balanced per ``BALANCED``."""
     rng = random.Random(seed)
     items = []
     for kind in world.KINDS:
         made = 0
         while made < per_kind:
             scene = world.random_scene(rng)
-            wanted = ("yes", "no")[made % 2] if kind in _YES_NO else None
+            cycle = BALANCED.get(kind)
+            wanted = cycle[made % len(cycle)] if cycle else None
             drawn = world.sample_question(scene, rng, kind=kind, answer=wanted)
             if drawn is not None:
                 items.append(Item(scene, rng.randrange(2**31), drawn[0], drawn[1], kind))

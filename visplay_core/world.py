@@ -196,8 +196,8 @@ def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, a
     for _ in range(tries):
         k, text, fn = rng.choice(templates)
         slots = {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
-        # Referents drawn from the scene make attribute and spatial questions valid far more often.
-        if k in ("attribute", "spatial") and rng.random() < 0.8:
+        # Referents drawn from the scene make questions valid (and answers other than 0/no) far more often.
+        if rng.random() < 0.75:
             objs = rng.sample(scene.objects, min(2, len(scene.objects)))
             for suffix, o in zip(("", "2"), objs):
                 for attr in ("shape", "color", "size"):

@@ -1,0 +1,96 @@
+"""The self-evolution flow on the smoke preset: a real Prefect flow, a real MLflow store, the real tiny model."""
+
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.self_evolution import STAGES, self_evolution
+from tasks import stages as stage_tasks
+from tasks.tracking import EXPERIMENT
+from visplay_core.config import load_config
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _metrics(summary):
+    return [{k: v for k, v in it.items() if k != "stages"} for it in summary["iterations"]]
+
+
+def _stage_runs(home):
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client, client.search_runs([exp.experiment_id], "tags.`visplay.stage` != ''", max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete smoke run: (home, config, summary)."""
+    home = tmp_path_factory.mktemp("home")
+    config = load_config("smoke")
+    return home, config, self_evolution(config=config, home=str(home))
+
+
+def test_all_stages_recorded_with_artifacts(finished):
+    home, config, summary = finished
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2, 3]
+    assert all(not s["cached"] for it in summary["iterations"] for s in it["stages"].values())
+    client, runs = _stage_runs(home)
+    complete = [r for r in runs if r.data.tags.get("visplay.complete") == "true"]
+    by_stage = {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]) for r in complete}
+    assert by_stage >= {(str(k), s) for k in (1, 2, 3) for s in STAGES}
+    assert ("0", "benchmark_eval") in by_stage  # the base model's evaluation
+    for run in complete:
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
+        assert "outputs/metrics.json" in names, run.data.tags["visplay.stage"]
+    grpo = [r for r in complete if r.data.tags["visplay.stage"] == "reasoner_grpo"]
+    assert all({a.path for a in client.list_artifacts(r.info.run_id, "outputs/model")} >=
+               {"outputs/model/model.safetensors", "outputs/model/config.json"} for r in grpo)
+    written = json.loads((home / "summary.json").read_text())
+    assert written["run"] == summary["run"] and written["preset"] == "smoke"
+    assert 0 <= written["base"]["shapes_accuracy"] <= 1
+    for it in written["iterations"]:
+        assert set(it["stages"]) == set(STAGES)
+        assert {"shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence"} <= set(it)
+
+
+def test_rerun_restores_every_stage(finished):
+    home, config, summary = finished
+    again = self_evolution(config=config, home=str(home))
+    assert all(s["cached"] for it in again["iterations"] for s in it["stages"].values())
+    assert _metrics(again) == _metrics(summary)
+
+
+def test_restore_from_mlflow_with_work_folder_deleted(finished):
+    home, config, summary = finished
+    shutil.rmtree(home / "stages")
+    again = self_evolution(config=config, home=str(home))
+    assert all(s["cached"] for it in again["iterations"] for s in it["stages"].values())
+    assert _metrics(again) == _metrics(summary)
+    assert (home / "stages").is_dir() and any((home / "stages").iterdir())
+
+
+def test_failure_in_iteration_2_resumes_from_that_stage(finished, tmp_path, monkeypatch):
+    _, config, summary = finished
+    real_curate = stage_tasks.curate
+    calls = []
+
+    def failing_curate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # iteration 2's threshold_filtering
+            raise RuntimeError("injected failure")
+        return real_curate(*args, **kwargs)
+
+    monkeypatch.setattr(stage_tasks, "curate", failing_curate)
+    with pytest.raises(Exception, match="injected failure"):
+        self_evolution(config=config, home=str(tmp_path))
+    monkeypatch.setattr(stage_tasks, "curate", real_curate)
+    resumed = self_evolution(config=config, home=str(tmp_path))
+    cached = {(it["iteration"], name) for it in resumed["iterations"] for name, s in it["stages"].items() if s["cached"]}
+    expected = {(1, s) for s in STAGES} | {(2, s) for s in STAGES[:STAGES.index("threshold_filtering")]}
+    assert cached == expected
+    assert _metrics(resumed) == _metrics(summary)
+    client, runs = _stage_runs(tmp_path)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert [(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]) for r in failed] == [("2", "threshold_filtering")]
