@@ -58,9 +58,16 @@ def cmd_eval(args) -> int:
 
 
 def _run_flow(config, home: str, name: str | None) -> int:
-    from flows.self_evolution import self_evolution
+    from flows.servers import use_servers
 
-    self_evolution(config=config, home=home, run_name=name)
+    use_servers(Path(home))  # before prefect is imported: its settings are read then
+    from flows.self_evolution import self_evolution
+    from tasks.tracking import RunInProgressError
+
+    try:
+        self_evolution(config=config, home=home, run_name=name)
+    except RunInProgressError as e:
+        raise SystemExit(f"visplay: {e}")
     return 0
 
 
@@ -78,6 +85,89 @@ def cmd_demo(args) -> int:
     from visplay_core.config import load_config
 
     return _run_flow(load_config(args.preset, args.set), args.home, args.name)
+
+
+def cmd_up(args) -> int:
+    from flows.servers import up
+
+    try:
+        servers = up(Path(args.home), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+    except RuntimeError as e:
+        raise SystemExit(f"visplay up: {e}")
+    print(f"Prefect  {servers['prefect']['url']}   (API {servers['prefect']['api']})")
+    print(f"MLflow   {servers['mlflow']['url']}")
+    print(f"recorded in {Path(args.home) / 'servers.json'}: `visplay run/demo/serve --home {args.home}` use them; "
+          f"`visplay down --home {args.home}` stops them")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from flows.servers import down
+
+    stopped = down(Path(args.home))
+    print(f"stopped {', '.join(stopped)}" if stopped else f"no servers recorded in {Path(args.home) / 'servers.json'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from flows.servers import use_servers
+
+    use_servers(Path(args.home))  # before prefect is imported
+    if not os.environ.get("PREFECT_API_URL"):
+        raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
+    from flows.deploy import serve
+
+    serve(args.home, cron=args.cron, timezone=args.timezone)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from flows.servers import use_servers
+
+    use_servers(Path(args.home))
+    from flows.report import latest_run, load_run, run_page
+
+    home = Path(args.home)
+    run = latest_run(home) if args.run == "latest" else args.run
+    if run is None:
+        raise SystemExit(f"visplay report: no finished run in {home / 'runs'}")
+    try:
+        data = load_run(home, run)
+    except FileNotFoundError as e:
+        raise SystemExit(f"visplay report: {e}")
+    output = Path(args.output) if args.output else home / "runs" / run / "report.html"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(run_page(data))
+    print(f"wrote {output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from visplay_core.corpus import scan
+
+    try:
+        manifest = scan(args.corpus, max_pixels=args.max_pixels)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"visplay inspect: {e}")
+    report = {"corpus": args.corpus, **manifest.summary(), "skipped_files": manifest.skipped}
+    sizes = [(i["width"], i["height"]) for i in manifest.images]
+    if sizes:
+        report["size"] = {"min": list(min(sizes, key=lambda s: s[0] * s[1])),
+                          "max": list(max(sizes, key=lambda s: s[0] * s[1]))}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.corpus}: {report['usable']} usable, {report['skipped']} skipped")
+    for fmt, n in sorted(report["formats"].items(), key=lambda kv: -kv[1]):
+        print(f"  format {fmt}: {n}")
+    if sizes:
+        print(f"  smallest {report['size']['min'][0]}x{report['size']['min'][1]}, "
+              f"largest {report['size']['max'][0]}x{report['size']['max'][1]}")
+    for reason, n in sorted(report["skipped_by_reason"].items()):
+        print(f"  skipped ({reason}): {n}")
+    for item in manifest.skipped:
+        print(f"    {item['source']}: {item['reason']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +201,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most N items, spread over the question kinds")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="report what a corpus holds and what would be skipped, without running")
+    p.add_argument("corpus", help="image folder, parquet file, datasets folder, or datasets:NAME[:SPLIT]")
+    p.add_argument("--max-pixels", type=int, default=1280 * 28 * 28)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("up", help="start local Prefect and MLflow servers (loopback) and wait until they answer")
+    p.add_argument("--home", default=".visplay", help="where their databases, logs and servers.json live")
+    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the servers `visplay up` started")
+    p.add_argument("--home", default=".visplay")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("serve", help="serve the nightly deployment from this process (Ctrl-C stops it)")
+    p.add_argument("--cron", default="0 2 * * *", help="schedule (default 02:00 every day)")
+    p.add_argument("--timezone", default=os.environ.get("TZ", "UTC"), help="IANA time zone of the schedule "
+                   "(default $TZ, else UTC)")
+    p.add_argument("--home", default=".visplay", help="run home of the runs it starts (and of `visplay up`)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page of a run")
+    p.add_argument("--run", default="latest", help="run name, or 'latest'")
+    p.add_argument("--home", default=".visplay")
+    p.add_argument("--output", help="HTML file (default HOME/runs/RUN/report.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

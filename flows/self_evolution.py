@@ -10,19 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_generation, confidence_scoring,
                           question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import RunContext, StageResult, experiment_id, log_iteration, open_run, set_tags, tracking_uri
+from flows import report
+from tasks.tracking import (RunContext, StageResult, experiment_id, log_iteration, open_run, run_lock, set_tags,
+                            tracking_uri)
 from visplay_core.config import VisPlayConfig
-from visplay_core.corpus import EmptyCorpusError, ingest, write_embedded_corpus
+from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
 
 STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
@@ -34,22 +38,21 @@ class IterationResult(BaseModel):
     questioner: Checkpoint
     reasoner: Checkpoint
     stages: dict[str, StageResult]
+    mlflow_run_id: str  # the iteration's MLflow run
 
 
-def prepare_corpus(config: VisPlayConfig, home: Path) -> tuple[Path, Path | None]:
-    """Ingest the corpus once (normalized images + manifest); returns (ingested folder, truth folder)."""
+def prepare_corpus(config: VisPlayConfig, home: Path) -> tuple[Path, Path | None, Manifest]:
+    """Ingest the corpus once (normalized images + manifest); returns (ingested folder, truth folder,
+    manifest). A corpus with nothing usable stops the run here, before any training."""
     truth = None
-    source = Path(config.corpus)
+    source = config.corpus
     if config.corpus == "embedded":
         truth = write_embedded_corpus(home / "world" / f"n{config.corpus_size}-s{config.seed}",
                                       config.corpus_size, config.seed)
-        source = truth / "images"
-    tag = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
-    folder = home / "corpus" / tag
-    manifest = ingest(source, folder, max_pixels=config.max_image_pixels)
-    if not manifest.images:
-        raise EmptyCorpusError(f"corpus {config.corpus}: no usable image ({manifest.summary()})")
-    return folder, truth
+        source = str(truth / "images")
+    where = source if source.startswith("datasets:") else str(Path(source).resolve())
+    folder = home / "corpus" / hashlib.sha256(f"{where}|{config.max_image_pixels}".encode()).hexdigest()[:12]
+    return folder, truth, ingest(source, folder, max_pixels=config.max_image_pixels)
 
 
 def iteration_images(folder: Path, truth: Path | None, config: VisPlayConfig, k: int) -> ImageSet:
@@ -82,7 +85,8 @@ def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpo
     stages = dict(zip(STAGES, (rollout, scoring, q_update, candidates, curated, r_update, evaluation)))
     log_iteration(client, run_id, k, _iteration_row(k, stages))
     client.set_terminated(run_id, "FINISHED")
-    return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages)
+    return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages,
+                           mlflow_run_id=run_id)
 
 
 def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
@@ -103,12 +107,17 @@ def run_name_for(config: VisPlayConfig) -> str:
 
 @flow(name="self-evolution")
 def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str | None = None) -> dict:
-    """Run (or resume) K iterations of VisPlay self-evolution; returns the run summary."""
+    """Run (or resume) K iterations of VisPlay self-evolution; returns the run summary. One run of a name
+    at a time: a second one started while the first is in flight fails at once (``RunInProgressError``)."""
+    home_path = Path(home).resolve()
+    run = run_name or run_name_for(config)
+    with run_lock(home_path, run):
+        return _evolve(config, home_path, run)
+
+
+def _evolve(config: VisPlayConfig, home_path: Path, run: str) -> dict:
     logger = get_run_logger()
     start = time.time()
-    home_path = Path(home).resolve()
-    home_path.mkdir(parents=True, exist_ok=True)
-    run = run_name or run_name_for(config)
     uri = tracking_uri(home_path)
     client = MlflowClient(uri)
     exp = experiment_id(client, home_path)
@@ -117,7 +126,10 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
     ctx = RunContext(home=str(home_path), run=run, config=config, tracking_uri=uri, experiment_id=exp, run_id=run_id)
     logger.info("run %s: home %s, tracking %s", run, home_path, uri)
     try:
-        folder, truth = prepare_corpus(config, home_path)
+        folder, truth, manifest = prepare_corpus(config, home_path)
+        corpus = manifest.summary()
+        log_iteration(client, run_id, 0, {"corpus.usable": corpus["usable"], "corpus.skipped": corpus["skipped"],
+                                          **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
         base = Checkpoint.of_folder(config.base_model_path)
         base_eval = benchmark_eval(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
         questioner = reasoner = base
@@ -126,10 +138,11 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
             result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
             questioner, reasoner = result.questioner, result.reasoner
             results.append(result)
+            publish_report(ctx, base_eval, results, folder, truth)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    summary = build_summary(run, config, base_eval, results, time.time() - start)
+    summary = build_summary(run, config, base_eval, results, folder, truth, time.time() - start)
     for row in summary["iterations"]:
         log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     write_json(home_path / "runs" / run / "summary.json", summary)
@@ -140,15 +153,40 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
     return summary
 
 
+def publish_report(ctx: RunContext, base_eval: StageResult, results: list[IterationResult], folder: Path,
+                   truth: Path | None) -> None:
+    """The last iteration's report: files in HOME/runs/<run>/report/iteration-<k>/, logged under ``report/``
+    on the iteration's MLflow run, and as Prefect artifacts (markdown summary, table of sample questions)."""
+    last = results[-1]
+    rows = [{"iteration": r.iteration, **_iteration_row(r.iteration, r.stages)} for r in results]
+    data = report.load_iteration(last.iteration, rows[-1],
+                                 {s: Path(last.stages[s].folder) / f for s, f in report.FILES.items()},
+                                 str(folder), str(truth) if truth else None)
+    files = report.iteration_report(ctx.run, data, (ctx.config.method.tau_low, ctx.config.method.tau_high),
+                                    base_eval.metrics.get("shapes_accuracy"), rows)
+    out = Path(ctx.home) / "runs" / ctx.run / "report" / f"iteration-{last.iteration}"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    ctx.client.log_artifacts(last.mlflow_run_id, str(out), "report")
+    key = f"{re.sub(r'[^a-z0-9]+', '-', ctx.run.lower()).strip('-')}-iteration-{last.iteration}"
+    create_markdown_artifact(files["summary.md"].decode(), key=key, description=f"run {ctx.run}, iteration {last.iteration}")
+    create_table_artifact(report.sample_table(data), key=f"{key}-questions",
+                          description=f"sample questions of run {ctx.run}, iteration {last.iteration}")
+
+
 def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, results: list[IterationResult],
-                  seconds: float) -> dict:
+                  folder: Path, truth: Path | None, seconds: float) -> dict:
     return {
         "run": run,
         "preset": config.preset,
+        "config": config.model_dump(mode="json"),
+        "corpus": {"folder": str(folder), "truth": str(truth) if truth else None},
         "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy")},
         "iterations": [
             {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
-             "stages": {name: {"seconds": round(s.seconds, 3), "cached": s.cached} for name, s in r.stages.items()}}
+             "stages": {name: {"seconds": round(s.seconds, 3), "cached": s.cached, "key": s.key}
+                        for name, s in r.stages.items()}}
             for r in results],
         "seconds": round(seconds, 3),
     }

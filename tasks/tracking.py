@@ -9,15 +9,22 @@ the artifacts from MLflow. Anything less than complete (an exception, Ctrl-C, SI
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import json
 import os
+import shutil
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from visplay_core.config import VisPlayConfig
@@ -52,6 +59,32 @@ class StageResult(BaseModel):
     seconds: float
 
 
+class RunInProgressError(RuntimeError):
+    """Another process holds the run's lock: the same run is already in flight."""
+
+
+@contextmanager
+def run_lock(home: Path, run: str):
+    """Hold ``HOME/runs/<run>/lock`` (``flock``) for the whole run; a second run of the same name fails at once.
+
+    The kernel drops the lock when its holder exits, however it exits: nothing stale is left to clean up.
+    """
+    path = home / "runs" / run / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunInProgressError(f"run {run} is already in progress ({holder} holds {path}); "
+                                     "wait for it to finish or give this run another name") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+
+
 def tracking_uri(home: Path) -> str:
     """``MLFLOW_TRACKING_URI`` when set (a server), else an embedded SQLite store under the run's home."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
@@ -81,9 +114,10 @@ def open_run(client: MlflowClient, experiment: str, name: str, tags: dict[str, s
     return client.create_run(experiment, tags=all_tags, run_name=name).info.run_id
 
 
-def _finished_run(ctx: RunContext, key: str):
-    runs = ctx.client.search_runs([ctx.experiment_id], f"tags.`visplay.cache_key` = '{key}' and "
-                                  "tags.`visplay.complete` = 'true'", max_results=1)
+def finished_stage(client: MlflowClient, experiment: str, key: str):
+    """The complete MLflow run of the stage with this cache key, or None."""
+    runs = client.search_runs([experiment], f"tags.`visplay.cache_key` = '{key}' and "
+                              "tags.`visplay.complete` = 'true'", max_results=1)
     return runs[0] if runs else None
 
 
@@ -108,7 +142,7 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     key = cache_key(stage, {"params": params, **inputs})
     folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
     client = ctx.client
-    finished = _finished_run(ctx, key)
+    finished = finished_stage(client, ctx.experiment_id, key)
     if finished is not None and not (folder / DONE).exists():
         with atomic_dir(folder) as tmp:
             client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
@@ -119,8 +153,11 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     tags = {"visplay.run": ctx.run, "visplay.iteration": str(iteration), "visplay.stage": stage,
             "visplay.cache_key": key}
     if cached and finished is not None:
+        _say(f"iteration {iteration} · {stage}: restored ({key})")
         return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=True,
                            metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
+    _say(f"iteration {iteration} · {stage}: {'recording' if cached else 'computing'} ({key})")
+    _clear_leftovers(ctx, key, folder)
     run_id = client.create_run(ctx.experiment_id, run_name=f"{iteration}-{stage}",
                                tags={**tags, "mlflow.parentRunId": iteration_run_id}).info.run_id
     try:
@@ -137,8 +174,26 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    _say(f"iteration {iteration} · {stage}: done in {time.time() - start:.1f} s")
     return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=cached,
                        metrics=metrics, seconds=time.time() - start)
+
+
+def _clear_leftovers(ctx: RunContext, key: str, folder: Path) -> None:
+    """Remove what a killed attempt of this stage left: temporary folders, MLflow runs still 'RUNNING'."""
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for run in ctx.client.search_runs([ctx.experiment_id], f"tags.`visplay.cache_key` = '{key}' and "
+                                      "attributes.status = 'RUNNING'"):
+        ctx.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _say(message: str) -> None:
+    """A progress line in the Prefect task's log (shown on the console and in the UI)."""
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:
+        logging.getLogger("visplay").info(message)
 
 
 def _log(client: MlflowClient, run_id: str, params: dict, metrics: dict) -> None:

@@ -198,3 +198,14 @@ def test_loaded_model_generates(saved):
         out = model.generate(**enc, max_new_tokens=5, do_sample=False)
     assert out.shape[0] == 2 and out.shape[1] <= enc["input_ids"].shape[1] + 5
     assert torch.equal(out[:, : enc["input_ids"].shape[1]], enc["input_ids"])
+
+
+def test_last_complete_checkpoint_skips_a_half_written_one(tmp_path):
+    from visplay_core.grpo import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (10, '{"global_st')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-12").mkdir()  # killed before its state was written
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")

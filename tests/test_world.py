@@ -196,15 +196,15 @@ def test_render_puts_each_object_colour_at_its_cell_centre():
 
 
 def test_render_sizes_differ():
-    # 10 px right of the centre is inside a large square (half side 12, jitter 1) but outside a small one (7 + 1).
+    # 8 px right of the centre is inside a large square (half side 12, 2 px outline, jitter 1) but outside a small one (7 + 1).
     scene = Scene((Obj("square", "blue", "large", 1, 1), Obj("square", "red", "small", 3, 3)), background=255)
     for seed in range(10):
         image = world.render(scene, seed=seed)
         large, small = scene.objects
         x, y = _centre(large)
-        assert image.getpixel((x + 10, y)) == world.RGB["blue"]
+        assert image.getpixel((x + 8, y)) == world.RGB["blue"]
         x, y = _centre(small)
-        assert image.getpixel((x + 10, y)) != world.RGB["red"]
+        assert image.getpixel((x + 8, y)) != world.RGB["red"]
         assert image.getpixel((x, y)) == world.RGB["red"]
 
 
@@ -269,3 +269,19 @@ def test_sample_question_is_deterministic():
     scene = _scenes(4)[0]
     a = [world.sample_question(scene, random.Random(9)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
+
+
+def test_reasoning_lists_the_objects_each_question_refers_to():
+    scene = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("square", "blue", "small", 3, 1),
+                         world.Obj("circle", "blue", "small", 2, 4)), 240)
+    assert world.reasoning(scene, "How many circles are there?") == \
+        "circles: large red circle at 1,2; small blue circle at 2,4."
+    assert world.reasoning(scene, "Is there a yellow square?") == "yellow squares: none."
+    assert world.reasoning(scene, "Are there more red objects than blue objects?") == \
+        "red objects: large red circle at 1,2. blue objects: small blue circle at 2,4; small blue square at 3,1."
+    assert world.reasoning(scene, "Is the red circle left of the blue square?") == \
+        "red circles: large red circle at 1,2. blue squares: small blue square at 3,1."
+    assert world.reasoning(scene, "What size is the blue square?") == "blue squares: small blue square at 3,1."
+    assert world.reasoning(scene, "How many small blue objects are there?") == \
+        "small blue objects: small blue circle at 2,4; small blue square at 3,1."
+    assert world.reasoning(scene, "Why is the sky blue?") is None

@@ -47,7 +47,8 @@ class VisPlayConfig(BaseModel):
     preset: str = Field("custom", description="name of the preset this config came from")
     base_model: str = Field("base", description="local HF checkpoint path, or 'base' for the embedded tiny VLM")
     trust_remote_code: bool = False
-    corpus: str = Field("embedded", description="'embedded' (the shapes world) or a folder of images")
+    corpus: str = Field("embedded", description="'embedded' (the shapes world), a folder of images, a parquet "
+                        "file, a datasets save_to_disk folder, or datasets:NAME[:SPLIT]")
     corpus_size: int = Field(256, ge=1, description="images written for the embedded corpus")
     max_image_pixels: int = Field(1280 * 28 * 28, ge=64, description="images are downscaled to this pixel budget")
     images_per_iteration: int = Field(32, ge=1, description="images drawn from the corpus each iteration")
@@ -74,7 +75,7 @@ class VisPlayConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "VisPlayConfig":
-        if self.corpus != "embedded" and not Path(self.corpus).exists():
+        if self.corpus != "embedded" and not self.corpus.startswith("datasets:") and not Path(self.corpus).exists():
             raise ValueError(f"corpus: {self.corpus!r} does not exist")
         if self.base_model != "base" and not Path(self.base_model).exists():
             raise ValueError(f"base_model: {self.base_model!r} does not exist (a local checkpoint folder)")

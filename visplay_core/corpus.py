@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from PIL import Image, ImageOps
 
@@ -68,14 +69,14 @@ def normalize_image(image: Image.Image, max_pixels: int) -> Image.Image:
     return image
 
 
-def _read(path: Path, max_pixels: int) -> tuple[Image.Image | None, str | None]:
-    """(normalized image, None) or (None, reason for skipping)."""
+def _decode(read: Callable[[], bytes], max_pixels: int) -> tuple[Image.Image | None, str | None, dict]:
+    """(normalized image, None, {format, width, height} of the original) or (None, reason for skipping, {})."""
     try:
-        data = path.read_bytes()
+        data = read()
     except OSError:
-        return None, "unreadable"
+        return None, "unreadable", {}
     if not data:
-        return None, "empty_file"
+        return None, "empty_file", {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -83,14 +84,15 @@ def _read(path: Path, max_pixels: int) -> tuple[Image.Image | None, str | None]:
                 img.seek(0)  # first frame of animations
                 img.load()
                 if min(img.size) < MIN_SIDE:
-                    return None, "too_small"
+                    return None, "too_small", {}
                 if max(img.size) / min(img.size) > MAX_ASPECT:
-                    return None, "extreme_aspect"
-                return normalize_image(img, max_pixels), None
+                    return None, "extreme_aspect", {}
+                info = {"format": img.format, "width": img.width, "height": img.height}
+                return normalize_image(img, max_pixels), None, info
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return None, "decompression_bomb"
+        return None, "decompression_bomb", {}
     except (OSError, SyntaxError, ValueError):
-        return None, "not_an_image"
+        return None, "not_an_image", {}
 
 
 @dataclass
@@ -108,38 +110,75 @@ class Manifest:
         return Manifest(data["images"], data["skipped"])
 
     def summary(self) -> dict:
-        return {"usable": len(self.images), "skipped": len(self.skipped), "skipped_by_reason": self.skipped_by_reason}
+        return {"usable": len(self.images), "skipped": len(self.skipped), "skipped_by_reason": self.skipped_by_reason,
+                "formats": dict(Counter(i.get("format") for i in self.images))}
 
 
-def scan(folder: str | Path, max_pixels: int, keep: Path | None = None) -> Manifest:
-    """Read every image-suffixed file below ``folder``; save usable ones as ``keep/<id>.png`` if given."""
+def entries(corpus: str | Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """(source name, byte reader) of every image of a corpus: a folder (recursive), a parquet file, a
+    ``datasets`` folder (``save_to_disk``) or ``datasets:NAME[:SPLIT]`` (from the local cache); the
+    tabular ones need an image column (the first column of the ``Image`` type, or one named ``image``)."""
+    text = str(corpus)
+    if text.startswith("datasets:") or text.endswith(".parquet") or (Path(text) / "dataset_info.json").exists():
+        yield from _table_entries(text)
+        return
+    folder = Path(corpus)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"corpus {text}: no such folder, parquet file or datasets folder")
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        yield str(path.relative_to(folder)), path.read_bytes
+
+
+def _table_entries(source: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    import datasets
+
+    if source.startswith("datasets:"):
+        name, _, split = source[len("datasets:"):].partition(":")
+        table = datasets.load_dataset(name, split=split or "train")
+    elif source.endswith(".parquet"):
+        table = datasets.Dataset.from_parquet(source)
+    else:
+        table = datasets.load_from_disk(source)
+    columns = [c for c, f in table.features.items() if isinstance(f, datasets.Image)] or \
+              [c for c in table.column_names if c == "image"]
+    if not columns:
+        raise ValueError(f"corpus {source}: no image column (columns: {', '.join(table.column_names)})")
+    table = table.cast_column(columns[0], datasets.Image(decode=False))
+    for i, cell in enumerate(table[columns[0]]):
+        data = (cell or {}).get("bytes") or b""
+        yield f"{source}#{i}", (lambda data=data: data)
+
+
+def scan(corpus: str | Path, max_pixels: int, keep: Path | None = None) -> Manifest:
+    """Read every image of a corpus; save usable ones as ``keep/<id>.png`` if given."""
     manifest, seen = Manifest(), set()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        image, reason = _read(path, max_pixels)
+    for source, read in entries(corpus):
+        image, reason, info = _decode(read, max_pixels)
         if image is not None:
             image_id = content_id(image.tobytes())
             if image_id in seen:
                 reason = "duplicate"
             else:
                 seen.add(image_id)
-                manifest.images.append({"id": image_id, "source": str(path.relative_to(folder))})
+                manifest.images.append({"id": image_id, "source": source, **info})
                 if keep is not None:
                     image.save(keep / f"{image_id}.png")
                 continue
-        manifest.skipped.append({"source": str(path.relative_to(folder)), "reason": reason})
+        manifest.skipped.append({"source": source, "reason": reason})
     return manifest
 
 
-def ingest(folder: str | Path, output: str | Path, max_pixels: int) -> Manifest:
-    """Normalize a folder of images into ``output/images/<id>.png`` with ``output/manifest.json``."""
+def ingest(corpus: str | Path, output: str | Path, max_pixels: int) -> Manifest:
+    """Normalize a corpus into ``output/images/<id>.png`` with ``output/manifest.json``; a corpus with
+    no usable image stops here, before any training, saying why."""
     output = Path(output)
     if (output / "manifest.json").exists():
         return Manifest.load(output)
     with atomic_dir(output) as tmp:
         (tmp / "images").mkdir()
-        manifest = scan(folder, max_pixels, keep=tmp / "images")
+        manifest = scan(corpus, max_pixels, keep=tmp / "images")
         if not manifest.images:
-            raise EmptyCorpusError(f"no usable image in {folder}: {manifest.summary()}")
+            raise EmptyCorpusError(f"corpus {corpus}: no usable image ({manifest.summary()})")
         # The lists come last: summary()'s "skipped" count must not overwrite the skipped list.
         write_json(tmp / "manifest.json", {**manifest.summary(), "images": manifest.images,
                                            "skipped": manifest.skipped})

@@ -20,7 +20,11 @@ def chat_texts(processor, conversations: Sequence[list[dict]]) -> list[str]:
 def generate(model, processor, images: Sequence[Image.Image], conversations: Sequence[list[dict]], *,
              n: int = 1, temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 32,
              seed: int | None = None) -> list[list[str]]:
-    """``n`` completions for each (image, conversation); greedy when ``temperature`` is 0."""
+    """``n`` completions for each (image, conversation); greedy when ``temperature`` is 0.
+
+    An entry of ``images`` may also be a list of images (several, or none for a text-only prompt), one
+    per ``{"type": "image"}`` in its conversation.
+    """
     if len(images) != len(conversations):
         raise ValueError(f"{len(images)} images for {len(conversations)} prompts")
     if seed is not None:
@@ -34,7 +38,10 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
     results: list[list[str]] = []
     per_batch = max(1, batch_size // n)
     for start in range(0, len(texts), per_batch):
-        batch = processor(text=texts[start:start + per_batch], images=list(images[start:start + per_batch]),
+        batch_images = list(images[start:start + per_batch])
+        if all(isinstance(i, (list, tuple)) and not i for i in batch_images):
+            batch_images = None  # a batch of text-only prompts: the processor wants no images at all
+        batch = processor(text=texts[start:start + per_batch], images=batch_images,
                           return_tensors="pt", padding=True).to(model.device)
         out = model.generate(**batch, **options)
         decoded = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

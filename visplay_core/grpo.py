@@ -6,13 +6,13 @@ so an interrupted GRPO stage continues where it stopped.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 
@@ -44,6 +44,18 @@ def grpo_train(model, processor, rows: Sequence[dict], reward_funcs: list[Callab
     history = _History()
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
                           processing_class=processor, callbacks=[history])
-    last = get_last_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(work_dir))
     return history.rows
+
+
+def last_complete_checkpoint(work_dir: str | Path) -> str | None:
+    """The newest trainer checkpoint whose state file is whole (the trainer writes it last), so a
+    checkpoint cut short by a kill is never resumed from."""
+    steps = sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    for checkpoint in steps:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            continue
+    return None

@@ -13,6 +13,7 @@ QUESTIONER_INSTRUCTION = (
 )
 REASONER_INSTRUCTION = "{question}\nDescribe what you see, then put the final answer in \\boxed{{}}."
 
+CAPTION_INSTRUCTION = "Describe the image."  # bootstrap's auxiliary task only; self-play never uses it
 QUESTION_OPEN, QUESTION_CLOSE = "<question>", "</question>"
 
 
@@ -21,10 +22,15 @@ def questioner_messages() -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONER_INSTRUCTION}]}]
 
 
-def reasoner_messages(question: str) -> list[dict]:
-    """Chat messages asking the Reasoner to answer ``question`` about the attached image."""
+def reasoner_messages(question: str, n_images: int = 1) -> list[dict]:
+    """Chat messages asking the Reasoner to answer ``question`` about the ``n_images`` attached images
+    (in order, before the text; 0 for a text-only question)."""
     text = REASONER_INSTRUCTION.format(question=question)
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
+
+
+def caption_messages() -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}]
 
 
 def format_question(question: str) -> str:

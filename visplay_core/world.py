@@ -26,6 +26,7 @@ SIZES = ("small", "large")
 MAX_OBJECTS = 4
 RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 PIXELS = {"small": 14, "large": 24}
+OUTLINE = (20, 20, 20)  # a dark outline shows each shape's contour whatever its color
 KINDS = ("attribute", "exists", "count", "count2", "compare", "spatial")
 
 
@@ -75,19 +76,23 @@ def render(scene: Scene, seed: int = 0) -> Image.Image:
         cx = (o.col - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
         cy = (o.row - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
         box = (cx - half, cy - half, cx + half, cy + half)
+        style = {"fill": RGB[o.color], "outline": OUTLINE, "width": 2}
         if o.shape == "circle":
-            draw.ellipse(box, fill=RGB[o.color])
+            draw.ellipse(box, **style)
         elif o.shape == "square":
-            draw.rectangle(box, fill=RGB[o.color])
+            draw.rectangle(box, **style)
         else:
-            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=RGB[o.color])
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], **style)
     return image
 
 
+def _phrase(o: Obj) -> str:
+    return f"{o.size} {o.color} {o.shape} at {o.row},{o.col}"
+
+
 def describe(scene: Scene) -> str:
-    """The scene in words, raster order: the Reasoner's reasoning before its answer."""
-    ordered = sorted(scene.objects, key=lambda o: (o.row, o.col))
-    return "; ".join(f"{o.size} {o.color} {o.shape} at {o.row},{o.col}" for o in ordered) + "."
+    """The whole scene in words, raster order."""
+    return "; ".join(_phrase(o) for o in sorted(scene.objects, key=lambda o: (o.row, o.col))) + "."
 
 
 # --- the question grammar -------------------------------------------------------------------------------
@@ -172,6 +177,25 @@ def parse_question(question: str) -> tuple[str, Callable[..., "str | None"], dic
         if m:
             return kind, answer, m.groupdict()
     return None
+
+
+def reasoning(scene: Scene, question: str) -> str | None:
+    """The grounded reasoning before an answer: every object the question refers to, group by group
+    ("red circles: large red circle at 1,2. squares: none."), from which the answer follows directly.
+    None for a question outside the grammar."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return None
+    slots = parsed[2]
+    groups = []
+    for suffix in ("", "2"):
+        attrs = {a: slots[a + suffix] for a in ("size", "color", "shape") if a + suffix in slots}
+        if attrs:
+            noun = attrs["shape"] + "s" if "shape" in attrs else "objects"
+            label = " ".join([attrs[a] for a in ("size", "color") if a in attrs] + [noun])
+            found = sorted(_matching(scene, **attrs), key=lambda o: (o.row, o.col))
+            groups.append(f"{label}: {'; '.join(_phrase(o) for o in found) or 'none'}.")
+    return " ".join(groups)
 
 
 def question_kind(question: str) -> str | None:
