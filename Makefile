@@ -27,3 +27,6 @@ test: $(STAMP)
 
 bootstrap: $(STAMP)
 	$(BIN)/visplay bootstrap
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/run.py --write BENCHMARKS.md

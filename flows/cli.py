@@ -37,24 +37,43 @@ def cmd_bootstrap(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from visplay_core.benchmarks import ADAPTERS, BenchmarkError, Judge, evaluate_benchmark
     from visplay_core.evaluate import evaluate_shapes
     from visplay_core.model import load_model, load_processor
 
-    if args.bench != "shapes":
-        raise SystemExit(f"visplay eval: unknown benchmark {args.bench!r} (known: shapes)")
+    names = [n.strip() for n in args.bench.split(",") if n.strip()]
+    if args.source and len(names) != 1:
+        raise SystemExit("visplay eval: --source names the data of one benchmark; give a single --bench")
     path = _model_path(args.model)
-    scores = evaluate_shapes(load_model(path), load_processor(path), limit=args.limit)
+    model, processor = load_model(path, args.trust_remote_code), load_processor(path, args.trust_remote_code)
+    judge = Judge(args.judge_url, model=args.judge_model) if args.judge_url else None
+    results = {}
+    for name in names:
+        try:
+            results[name] = (evaluate_shapes(model, processor, limit=args.limit) if name == "shapes" else
+                             evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge))
+        except BenchmarkError as e:
+            raise SystemExit(f"visplay eval: {e}")
     if args.json:
-        print(json.dumps(scores, indent=2))
+        print(json.dumps(results[names[0]] if len(names) == 1 else results, indent=2))
         return 0
-    print(f"ShapesBench ({scores['bench']}), {path}: n={scores['n']}")
-    print(f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}")
-    for kind, row in scores["per_kind"].items():
-        print(f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
-              f"{row['shuffled_image_accuracy']:>9.3f}")
-    print(f"{'overall':<10} {scores['n']:>5} {scores['accuracy']:>9.3f} {scores['question_only_baseline']:>7.3f} "
-          f"{scores['shuffled_image_accuracy']:>9.3f}")
+    for name, scores in results.items():
+        print(_shapes_table(scores, path) if name == "shapes" else
+              f"{scores['benchmark']}: accuracy {scores['accuracy']:.3f} on {scores['n']} items "
+              f"({scores['no_answer']} without an answer; scoring: {scores['scoring']})")
+    known = ", ".join(["shapes", *ADAPTERS])
+    print(f"(benchmarks: {known})")
     return 0
+
+
+def _shapes_table(scores: dict, path: Path) -> str:
+    lines = [f"ShapesBench ({scores['bench']}), {path}: n={scores['n']}",
+             f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}"]
+    rows = [*scores["per_kind"].items(), ("overall", scores)]
+    for kind, row in rows:
+        lines.append(f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
+                     f"{row['shuffled_image_accuracy']:>9.3f}")
+    return "\n".join(lines)
 
 
 def _run_flow(config, home: str, name: str | None) -> int:
@@ -113,7 +132,9 @@ def cmd_serve(args) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(args.home))  # before prefect is imported
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
     from flows.deploy import serve
 
@@ -197,8 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a model on a benchmark")
     p.add_argument("--model", default="base", help="checkpoint folder, or 'base' for the shipped tiny base")
-    p.add_argument("--bench", default="shapes")
-    p.add_argument("--limit", type=int, help="at most N items, spread over the question kinds")
+    p.add_argument("--bench", default="shapes", help="shapes, or real benchmarks: mmmu, mm-vet, realworldqa, "
+                   "visnumbench, mathverse, math-vision, hallusionbench (comma-separated)")
+    p.add_argument("--limit", type=int, help="at most N items (ShapesBench: spread over the question kinds)")
+    p.add_argument("--source", help="data of the benchmark: parquet file, datasets folder or hub name "
+                   "(default ./data/<name>)")
+    p.add_argument("--judge-url", help="OpenAI-compatible endpoint for MM-Vet's judge (key: $VISPLAY_JUDGE_API_KEY)")
+    p.add_argument("--judge-model", help="judge model name (default: the endpoint's first model)")
+    p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 

@@ -44,8 +44,11 @@ def visplay_nightly(preset: str = "demo", config_path: str | None = None, overri
 def serve(home: str, cron: str, timezone: str) -> None:
     """Serve the deployment from this process until interrupted: nightly at ``cron`` in ``timezone``, at most
     one run at a time (a deployment concurrency limit of 1: a second trigger waits for the first)."""
-    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    visplay_nightly.serve(name=DEPLOYMENT, schedule=Cron(cron, timezone=timezone), global_limit=1,
-                          parameters={"home": str(Path(home).resolve())}, entrypoint_type=EntrypointType.MODULE_PATH)
+    # Served from source, as a work-pool worker runs it: each run imports the code afresh (a flow object
+    # handed to a run by cloudpickle loses its subflows' postponed annotations).
+    source = Path(__file__).resolve().parent.parent
+    nightly = visplay_nightly.from_source(str(source), "flows/deploy.py:visplay_nightly")
+    nightly.serve(name=DEPLOYMENT, schedule=Cron(cron, timezone=timezone), global_limit=1,
+                  parameters={"home": str(Path(home).resolve())})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -70,26 +71,29 @@ def reward_plot(grpo: dict[str, list[dict]]) -> bytes:
         keys = ["reward"] + sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=key)
+            if points:  # the total drawn wide and pale: a single reward function's mean lies on it
+                ax.plot(*zip(*points), marker="o", label=key, **({"lw": 5, "alpha": 0.35} if key == "reward" else {}))
         if any("reward" in r for r in rows):
             ax.legend(fontsize=7)
         else:
             _empty(ax, "no GRPO steps")
         ax.set(title=f"{role} GRPO reward", xlabel="step", ylabel="reward")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _png(fig)
 
 
 def confidence_plot(confidences: list[float], tau: tuple[float, float]) -> bytes:
-    """Histogram of the candidates' confidence with the curation window [τ_low, τ_high] shaded."""
+    """Candidates per confidence value (a share of m votes) with the curation window [τ_low, τ_high] shaded."""
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
     ax.axvspan(*tau, color="tab:green", alpha=0.15, label=f"τ window [{tau[0]}, {tau[1]}]")
-    ax.hist(confidences, bins=20, range=(0, 1), color="tab:blue")
+    counts = Counter(round(c, 3) for c in confidences)
+    ax.bar(list(counts), list(counts.values()), width=0.03, color="tab:blue")
     if not confidences:
         _empty(ax, "no answered candidate")
     ax.set(title=f"candidate confidence (n = {len(confidences)})", xlabel="confidence c", ylabel="candidates",
-           xlim=(0, 1), ylim=(0, None))
+           xlim=(-0.02, 1.02), ylim=(0, None))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     return _png(fig)
 
@@ -133,7 +137,7 @@ def sample_table(it: IterationData) -> list[dict]:
     """The sample questions as rows of text (the Prefect table artifact, questions.json)."""
     rows = []
     for s in it.samples:
-        votes = " · ".join(f"{a} {n}" for a, n in sorted(s["votes"].items(), key=lambda kv: -kv[1]))
+        votes = " · ".join(f"{a}: {n}" for a, n in sorted(s["votes"].items(), key=lambda kv: -kv[1]))
         row = {"image": s["image_id"], "question": s["question"] or "(not a question)", "votes": votes or "–",
                "confidence": _fmt(s["confidence"]), "pseudo-label": _fmt(s["pseudo_label"]),
                "curated": "yes" if s["curated"] else "no"}

@@ -182,10 +182,13 @@ def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, resul
         "preset": config.preset,
         "config": config.model_dump(mode="json"),
         "corpus": {"folder": str(folder), "truth": str(truth) if truth else None},
-        "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy")},
+        "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy"),
+                 "stage": {"seconds": round(base_eval.seconds, 3), "compute_seconds": round(base_eval.compute_seconds, 3),
+                           "cached": base_eval.cached}},
         "iterations": [
             {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
-             "stages": {name: {"seconds": round(s.seconds, 3), "cached": s.cached, "key": s.key}
+             "stages": {name: {"seconds": round(s.seconds, 3), "compute_seconds": round(s.compute_seconds, 3),
+                               "cached": s.cached, "key": s.key}
                         for name, s in r.stages.items()}}
             for r in results],
         "seconds": round(seconds, 3),

@@ -130,8 +130,8 @@ def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_por
         dead = [n for n, p in procs.items() if p.poll() is not None]
         if dead or time.time() > deadline:
             down(home)
-            why = f"{', '.join(dead)} exited" if dead else f"not healthy after {timeout:.0f} s"
-            raise RuntimeError(f"servers {why}; see {', '.join(servers[n]['log'] for n in dead or servers)}")
+            why = f"the {' and '.join(dead)} server exited" if dead else f"no answer after {timeout:.0f} s"
+            raise RuntimeError(f"{why}; see {', '.join(servers[n]['log'] for n in dead or servers)}")
         time.sleep(0.5)
     return servers
 

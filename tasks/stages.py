@@ -21,6 +21,7 @@ from transformers import set_seed
 
 from visplay_core import prompts, selfplay
 from visplay_core.corpus import Manifest, scenes_by_id
+from visplay_core.benchmarks import evaluate_benchmark
 from visplay_core.evaluate import evaluate_shapes
 from visplay_core.generation import HFEngine, VLLMEngine
 from visplay_core.grpo import grpo_train
@@ -263,24 +264,29 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
 @task(name="benchmark_eval", cache_policy=NO_CACHE)
 def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, images: ImageSet,
                    stages: dict[str, StageResult]) -> StageResult:
-    """ShapesBench accuracy of the Reasoner, and on the embedded world the oracle's view of the iteration:
-    validity and difficulty of the questions, true accuracy of the pseudo-labels and their calibration."""
+    """The Reasoner on the configured benchmarks (ShapesBench, and the paper's at real scale), and on the
+    embedded world the oracle's view of the iteration: validity of the questions, true accuracy of the
+    pseudo-labels and their calibration."""
     cfg = ctx.config
     params = {"eval": cfg.eval.model_dump()}
 
     def compute(out: Path) -> dict:
         set_seed(cfg.seed)
         model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
-        scores = evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled)
+        results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled)
+                   if name == "shapes" else
+                   evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit)
+                   for name in cfg.eval.benchmarks}
         files = {name: read_jsonl(Path(s.folder) / f) for name, s, f in (
             ("rollout", stages.get("confidence_scoring"), "scored.jsonl"),
             ("candidates", stages.get("candidate_generation"), "candidates.jsonl"),
             ("curated", stages.get("threshold_filtering"), "curated.jsonl")) if s is not None}
         scenes = scenes_by_id(images.truth, Manifest.load(images.folder)) if images.truth else {}
         truth = measure_iteration(files, scenes)
-        write_json(out / "eval.json", {"shapes": scores, **truth})
-        return {"shapes_accuracy": scores["accuracy"],
-                **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in scores["per_kind"].items()},
+        write_json(out / "eval.json", {**results, **truth})
+        shapes = results.get("shapes", {}).get("per_kind", {})
+        return {**{f"{name}_accuracy": r["accuracy"] for name, r in results.items()},
+                **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in shapes.items()},
                 **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
 
     return run_stage(ctx, k, run_id, "benchmark_eval",

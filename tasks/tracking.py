@@ -56,11 +56,12 @@ class StageResult(BaseModel):
     folder: str
     metrics: dict[str, Any]
     cached: bool
-    seconds: float
+    seconds: float  # the whole stage: restore or compute, and recording
+    compute_seconds: float = 0.0  # the stage's own work (models, data), without tracking
 
 
 class RunInProgressError(RuntimeError):
-    """Another process holds the run's lock: the same run is already in flight."""
+    """The run's lock is held: the same run is already in flight."""
 
 
 @contextmanager
@@ -82,7 +83,10 @@ def run_lock(home: Path, run: str):
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
-        yield
+        try:
+            yield
+        finally:
+            f.truncate(0)
 
 
 def tracking_uri(home: Path) -> str:
@@ -158,12 +162,15 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
                            metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
     _say(f"iteration {iteration} · {stage}: {'recording' if cached else 'computing'} ({key})")
     _clear_leftovers(ctx, key, folder)
+    compute_seconds = 0.0
     run_id = client.create_run(ctx.experiment_id, run_name=f"{iteration}-{stage}",
                                tags={**tags, "mlflow.parentRunId": iteration_run_id}).info.run_id
     try:
         if not cached:  # a folder finished locally but never recorded is logged, not recomputed
             with atomic_dir(folder) as tmp:
+                began = time.time()
                 metrics = compute(tmp)
+                compute_seconds = time.time() - began
                 write_json(tmp / "metrics.json", metrics)
                 (tmp / DONE).write_text(key)
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -176,7 +183,7 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
         raise
     _say(f"iteration {iteration} · {stage}: done in {time.time() - start:.1f} s")
     return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=cached,
-                       metrics=metrics, seconds=time.time() - start)
+                       metrics=metrics, seconds=time.time() - start, compute_seconds=compute_seconds)
 
 
 def _clear_leftovers(ctx: RunContext, key: str, folder: Path) -> None:

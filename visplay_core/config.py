@@ -37,7 +37,24 @@ class RoleConfig(BaseModel):
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limit: int | None = Field(None, ge=6, description="ShapesBench items per evaluation (all when unset)")
-    shuffled: bool = Field(False, description="also score with shuffled images (doubles eval time)")
+    shuffled: bool = Field(False, description="also score ShapesBench with shuffled images (doubles its time)")
+    benchmarks: list[str] = Field(default_factory=lambda: ["shapes"], min_length=1,
+                                  description="shapes, mmmu, mm-vet, realworldqa, visnumbench, mathverse, "
+                                              "math-vision, hallusionbench")
+    sources: dict[str, str] = Field(default_factory=dict, description="benchmark name -> its data (default ./data/<name>)")
+
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from .benchmarks import ADAPTERS, BenchmarkError, get_adapter
+
+        for name in names:
+            try:
+                name == "shapes" or get_adapter(name)
+            except BenchmarkError:
+                raise ValueError(f"unknown benchmark {name!r} (known: shapes, {', '.join(ADAPTERS)})") from None
+        return names
 
 
 class VisPlayConfig(BaseModel):

@@ -1,0 +1,228 @@
+"""Operating visplay as its users do: `visplay up` (real Prefect and MLflow servers on loopback), `visplay
+serve`, a run triggered with parameters through the Prefect API as the UI does, the run found completed
+in Prefect and its stage runs, reports and artifacts in the MLflow server; a second run of the same name
+refused by the run lock; `visplay report`; and `visplay down` leaving no process behind."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.self_evolution import STAGES, self_evolution
+from tasks.tracking import RunInProgressError, run_lock
+from visplay_core.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+VISPLAY = [sys.executable, "-m", "flows.cli"]
+RUN = "nightly-test"
+HELD = "held-elsewhere"
+ITERATIONS = 2
+PARAMETERS = {"preset": "smoke", "iterations": ITERATIONS, "run_name": RUN, "overrides": ["eval.limit=12"]}
+REPORT_FILES = {"summary.md", "iteration.html", "questions.json", "grpo_rewards.png", "confidence_histogram.png",
+                "accuracy.png", "pseudo_label_accuracy.png"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _visplay(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*VISPLAY, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except ProcessLookupError:
+            continue
+    return members
+
+
+def _holder(lock: Path) -> str:
+    """Who holds a run lock: its holder writes its pid there once it has the lock, and clears it when done."""
+    return lock.read_text() if lock.exists() else ""
+
+
+def _wait(condition, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """`visplay up` on free ports: (home, the content of servers.json)."""
+    home = tmp_path_factory.mktemp("ops")
+    up = _visplay("up", "--home", str(home), "--prefect-port", str(_free_port()), "--mlflow-port", str(_free_port()))
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield home, json.loads((home / "servers.json").read_text())
+    _visplay("down", "--home", str(home))  # no-op when test_down already stopped them
+
+
+@pytest.fixture(scope="module")
+def served(servers):
+    """`visplay serve` and one run triggered through the Prefect API; while it is in flight, a second run of
+    the same name, and a command-line run of a name whose lock is held. What the tests look at is read from
+    Prefect here, once."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home, info = servers
+    log = open(home / "serve.log", "w")
+    serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(home), "--timezone", "Europe/Paris"], cwd=ROOT,
+                             env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},  # picks the run up at once
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    start = time.time()
+    try:
+        with temporary_settings({PREFECT_API_URL: info["prefect"]["api"]}), get_client(sync_client=True) as client:
+            def deployment():
+                try:
+                    return client.read_deployment_by_name("visplay-nightly/nightly")
+                except Exception:
+                    assert serve.poll() is None, (home / "serve.log").read_text()
+                    return None
+
+            found = _wait(deployment, 120, "the served deployment")
+            flow_run = run_deployment("visplay-nightly/nightly", parameters=PARAMETERS, timeout=0)
+            _wait(lambda: _holder(home / "runs" / RUN / "lock"), 180, "the run to take its lock")
+            try:  # a second run of the same name, while the first is in flight
+                self_evolution(config=load_config("smoke"), home=str(home), run_name=RUN)
+                second = None
+            except RunInProgressError as e:
+                second = str(e)
+            with run_lock(home, HELD):  # the command line's answer to a run in flight (held by this test)
+                cli = _visplay("run", "--config", "smoke", "--name", HELD, "--home", str(home))
+            final = _wait(lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r, 900,
+                          "the triggered run", interval=2)
+            keys = [f"{RUN}-iteration-{k}{suffix}" for k in range(1, ITERATIONS + 1) for suffix in ("", "-questions")]
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        seconds = time.time() - start
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+        log.close()
+    print(f"served run: {seconds:.0f} s from `visplay serve` to completion")
+    return {"home": home, "info": info, "deployment": found, "flow_run": final, "second": second, "cli": cli,
+            "artifacts": {a.key: a for a in artifacts}}
+
+
+def test_up_serves_both_on_loopback(servers):
+    home, info = servers
+    assert set(info) == {"prefect", "mlflow"}
+    for name, server in info.items():
+        listening = [c.laddr for p in _group(server["pid"]) for c in p.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and {a.ip for a in listening} == {"127.0.0.1"}, (name, listening)
+        assert int(server["url"].rsplit(":", 1)[1]) in {a.port for a in listening}
+    import urllib.request
+    assert urllib.request.urlopen(info["prefect"]["health"]).read() == b"true"
+    assert urllib.request.urlopen(info["mlflow"]["health"]).read() == b"OK"
+
+
+def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
+    deployment = served["deployment"]
+    [schedule] = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Paris")
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.parameters == {"home": str(served["home"].resolve())}
+    form = deployment.parameter_openapi_schema["properties"]
+    assert form["preset"]["type"] == "string" and form["preset"]["default"] == "demo"
+    assert form["overrides"]["anyOf"][0] == {"items": {"type": "string"}, "type": "array"}
+    assert {"type": "integer"} in form["iterations"]["anyOf"]
+    assert {"config_path", "home", "tracking_uri", "run_name"} <= set(form)
+    assert all(p.get("description") for p in form.values())
+
+
+def test_triggered_run_completes_and_logs_to_the_mlflow_server(served):
+    assert served["flow_run"].state.is_completed(), served["flow_run"].state
+    assert served["flow_run"].parameters == {**PARAMETERS, "home": str(served["home"].resolve())}
+    client = MlflowClient(served["info"]["mlflow"]["api"])
+    experiment = client.get_experiment_by_name("visplay")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`visplay.run` = '{RUN}'", max_results=1000)
+    [top] = [r for r in runs if r.data.tags.get("visplay.level") == "run"]
+    assert top.info.status == "FINISHED"
+    assert "summary.json" in {a.path for a in client.list_artifacts(top.info.run_id)}
+    stages = {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]): r for r in runs
+              if r.data.tags.get("visplay.complete") == "true"}
+    assert set(stages) == {(str(k), s) for k in range(1, ITERATIONS + 1) for s in STAGES} | {("0", "benchmark_eval")}
+    for run in stages.values():
+        assert "outputs/metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
+    iterations = {r.data.tags["visplay.iteration"]: r for r in runs if r.data.tags.get("visplay.level") == "iteration"}
+    assert set(iterations) == {str(k) for k in range(1, ITERATIONS + 1)}
+    for run in iterations.values():
+        assert run.info.status == "FINISHED"
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {f"report/{f}" for f in REPORT_FILES}
+        assert "shapes_accuracy" in run.data.metrics
+
+
+def test_each_iteration_has_prefect_artifacts(served):
+    artifacts = served["artifacts"]
+    for k in range(1, ITERATIONS + 1):
+        summary, table = artifacts[f"{RUN}-iteration-{k}"], artifacts[f"{RUN}-iteration-{k}-questions"]
+        assert summary.type == "markdown" and table.type == "table"
+        assert f"iteration {k}" in summary.data and summary.data.count("data:image/png;base64,") >= 4
+        rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+        assert rows and {"question", "votes", "confidence", "pseudo-label", "oracle answer"} <= set(rows[0])
+
+
+def test_second_run_of_the_same_name_is_refused(served):
+    assert served["second"] and served["second"].startswith(f"run {RUN} is already in progress (pid ")
+    cli = served["cli"]
+    assert cli.returncode == 1 and f"visplay: run {HELD} is already in progress" in cli.stderr, cli.stderr[-2000:]
+    summary = json.loads((served["home"] / "runs" / RUN / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["iterations"]] == list(range(1, ITERATIONS + 1))
+
+
+def test_report_page_has_every_iteration_even_with_stage_folders_gone(served, tmp_path):
+    home = served["home"]
+    (home / "stages").rename(home / "stages-moved")  # the report must fetch from the MLflow server
+    try:
+        done = _visplay("report", "--run", "latest", "--home", str(home), "--output", str(tmp_path / "report.html"))
+    finally:
+        (home / "stages-moved").rename(home / "stages")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and 'src="http' not in page and "<link" not in page  # self-contained
+    sections = page.split('<section id="iteration-')[1:]
+    assert [int(s.split('"', 1)[0]) for s in sections] == list(range(1, ITERATIONS + 1))
+    for section in sections:
+        assert "<table>" in section and "Sample questions" in section
+        assert section.count('alt="grpo_rewards.png" src="data:image/png;base64,') == 1
+        assert section.count('alt="confidence_histogram.png" src="data:image/png;base64,') == 1
+        assert 'class=thumb' in section
+    for plot in ("accuracy.png", "pseudo_label_accuracy.png"):
+        assert f'alt="{plot}" src="data:image/png;base64,' in page
+
+
+def test_down_leaves_no_process(servers):
+    home, info = servers
+    processes = [p for server in info.values() for p in _group(server["pid"])]
+    assert len(processes) >= 2
+    done = _visplay("down", "--home", str(home))
+    assert done.returncode == 0, done.stderr
+    alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, alive
+    assert not any(_group(server["pid"]) for server in info.values())
+    assert not (home / "servers.json").exists()
