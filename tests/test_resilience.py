@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.settings import PREFECT_API_URL
 
 from flows.self_evolution import self_evolution
 from tasks.tracking import EXPERIMENT
@@ -54,8 +55,9 @@ KILLER = textwrap.dedent("""
 
 
 def test_sigkill_while_writing_a_checkpoint_redoes_that_stage(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)  # the child starts its own temporary server
+    # The child talks to this session's Prefect server: a temporary server of its own would outlive the
+    # SIGKILL and hold the output pipes open.
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     home = tmp_path / "home"
     killed = subprocess.run([sys.executable, "-c", KILLER, str(home)], cwd=ROOT, env=env, capture_output=True, timeout=600)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
