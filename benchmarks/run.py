@@ -85,7 +85,7 @@ def breakdown_and_resume(home: Path) -> str:
     again, rerun = _run(config, home)
     recomputed = sum(not s["cached"] for it in again["iterations"] for s in it["stages"].values())
     out = "### Demo preset: where the time goes\n\n" + table(["part", "seconds", "share"], rows)
-    out += (f"\n\n### Resume: rerun of the finished demo run\n\n"
+    out += ("\n\n### Resume: rerun of the finished demo run\n\n"
             + table(["stages", "recomputed", "seconds"], [[len(stages) - 1, recomputed, f"{rerun:.1f}"]]))
     return out
 

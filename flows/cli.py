@@ -106,6 +106,53 @@ def cmd_demo(args) -> int:
     return _run_flow(load_config(args.preset, args.set), args.home, args.name)
 
 
+def cmd_sweep(args) -> int:
+    from flows.servers import use_servers
+
+    use_servers(Path(args.home))
+    from flows.experiments import sweep
+    from visplay_core.config import ConfigError
+
+    try:
+        sweep(args.config, args.grid, args.seeds, args.home, args.name, args.set)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"visplay sweep: {e}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from flows.servers import use_servers
+
+    use_servers(Path(args.home))
+    from flows.experiments import shipped_grids, sweep
+    from visplay_core.config import ConfigError
+
+    bases = [b.strip() for b in args.bases.split(",")] if args.bases else None
+    if args.name == "initialization" and bases is None:
+        bases = _bootstrapped_bases(Path(args.home), [int(n) for n in args.bootstrap_steps.split(",")])
+    try:
+        grids = shipped_grids(args.name, args.config, args.set, bases)
+        sweep(args.config, grids, args.seeds, args.home, args.name, args.set)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"visplay experiment: {e}")
+    return 0
+
+
+def _bootstrapped_bases(home: Path, steps: list[int]) -> list[str]:
+    """Bases trained for ``steps`` bootstrap steps (built once under HOME/bases), with the shipped base in
+    its place by its own step count: weakest first."""
+    from visplay_core.bootstrap import BootstrapConfig, bootstrap
+
+    bases = {BootstrapConfig().steps: "base"}
+    for n in steps:
+        path = (home / "bases" / f"steps-{n}").resolve()
+        if not (path / "config.json").exists():
+            print(f"bootstrapping a base for {n} steps into {path}")
+            bootstrap(path, BootstrapConfig(steps=n))
+        bases.setdefault(n, str(path))
+    return [bases[n] for n in sorted(bases)]
+
+
 def cmd_up(args) -> int:
     from flows.servers import up
 
@@ -209,9 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("sweep", help="run self-evolution over a grid of config values (and seeds) and compare")
+    p.add_argument("--config", required=True, help="YAML file or preset name")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                   help="values of a key to sweep (repeatable: the grids multiply); k1:k2=a1:a2,b1:b2 pairs values")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per arm (config seed, +1, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--home", default=".visplay")
+    p.add_argument("--name", default="sweep", help="experiment name: runs are NAME-ARM-sSEED, results in "
+                   "HOME/experiments/NAME")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("experiment", help="one of the paper's open checks, as a sweep: thresholds, oracle, "
+                       "iterations, initialization")
+    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization"])
+    p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--home", default=".visplay")
+    p.add_argument("--bases", help="initialization: comma-separated base checkpoints (or 'base'), weakest first")
+    p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
+                   "bases for these step counts (the shipped base has 5000)")
+    p.set_defaults(func=cmd_experiment)
+
     p = sub.add_parser("bootstrap", help="rebuild the tiny base VLM from its seed")
     p.add_argument("--output", help="checkpoint folder (default: the shipped checkpoints/tiny-base)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_bootstrap)

@@ -54,7 +54,7 @@ class RunData:
 
 # ---- plots -------------------------------------------------------------------------------------------------
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     return buffer.getvalue()
@@ -79,7 +79,7 @@ def reward_plot(grpo: dict[str, list[dict]]) -> bytes:
             _empty(ax, "no GRPO steps")
         ax.set(title=f"{role} GRPO reward", xlabel="step", ylabel="reward")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _png(fig)
+    return png(fig)
 
 
 def confidence_plot(confidences: list[float], tau: tuple[float, float]) -> bytes:
@@ -95,7 +95,7 @@ def confidence_plot(confidences: list[float], tau: tuple[float, float]) -> bytes
            xlim=(-0.02, 1.02), ylim=(0, None))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def line_plot(points: list[tuple[int, float]], title: str) -> bytes:
@@ -107,7 +107,7 @@ def line_plot(points: list[tuple[int, float]], title: str) -> bytes:
     else:
         _empty(ax, "not measured")
     ax.set(title=title, xlabel="iteration (0 = base model)", ylabel="accuracy", ylim=(0, 1))
-    return _png(fig)
+    return png(fig)
 
 
 def iteration_plots(it: IterationData, tau: tuple[float, float]) -> dict[str, bytes]:

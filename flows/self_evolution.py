@@ -94,6 +94,7 @@ def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
     return {
         "shapes_accuracy": ev.get("shapes_accuracy"),
         "pseudo_label_accuracy": ev.get("pseudo_label_accuracy"),
+        "oracle_validity": ev.get("candidates.oracle_validity"),
         "curated": stages["threshold_filtering"].metrics["curated"],
         "mean_confidence": stages["candidate_generation"].metrics["mean_confidence"],
         "questioner_validity": stages["confidence_scoring"].metrics["validity_rate"],

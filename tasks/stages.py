@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from statistics import mean
 
@@ -19,17 +18,16 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from transformers import set_seed
 
-from visplay_core import prompts, selfplay
-from visplay_core.corpus import Manifest, scenes_by_id
+from visplay_core import selfplay
+from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.benchmarks import evaluate_benchmark
 from visplay_core.evaluate import evaluate_shapes
-from visplay_core.generation import HFEngine, VLLMEngine
-from visplay_core.grpo import grpo_train
+from visplay_core.generation import make_engine
+from visplay_core.grpo import GRPOJob, ScorerSpec, launch
 from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration
-from visplay_core.model import load_model, load_processor, save_checkpoint
-from visplay_core.rewards import (Candidate, Vote, curate, format_reward, make_questioner_reward_func,
-                                  questioner_rewards, reasoner_accuracy_reward)
+from visplay_core.model import load_model, load_processor
+from visplay_core.rewards import Candidate, Vote, curate, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage
 
@@ -64,25 +62,33 @@ class ImageSet(BaseModel):
         return hashlib.sha256(json.dumps(self.ids).encode()).hexdigest()[:16]
 
     def load(self) -> dict[str, Image.Image]:
-        return _load_images(self.folder, tuple(self.ids))
-
-
-@lru_cache(maxsize=8)
-def _load_images(folder: str, ids: tuple[str, ...]) -> dict[str, Image.Image]:
-    return {i: Image.open(Path(folder) / "images" / f"{i}.png").convert("RGB") for i in ids}
+        return load_images(self.folder, self.ids)
 
 
 def _engine(ctx: RunContext, checkpoint: Checkpoint):
-    processor = load_processor(checkpoint.path, ctx.config.trust_remote_code)
-    if ctx.config.engine == "vllm":
-        return VLLMEngine(checkpoint.path, processor, seed=ctx.config.seed)
-    return HFEngine(load_model(checkpoint.path, ctx.config.trust_remote_code), processor)
+    return make_engine(checkpoint.path, ctx.config.engine, ctx.config.trust_remote_code, ctx.config.seed)
 
 
-def _scorer(ctx: RunContext, reasoner: Checkpoint, m: int, seed: int) -> selfplay.ConfidenceScorer:
-    role = ctx.config.reasoner
-    return selfplay.ConfidenceScorer(_engine(ctx, reasoner), m=m, temperature=role.temperature,
-                                     max_new_tokens=role.max_new_tokens, seed=seed)
+def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> ScorerSpec:
+    """The Reasoner's vote: the model's, or the oracle's when the config asks for an oracle Reasoner."""
+    cfg = ctx.config
+    return ScorerSpec(reasoner=reasoner.path, m=m, temperature=cfg.reasoner.temperature,
+                      max_new_tokens=cfg.reasoner.max_new_tokens, seed=seed, engine=cfg.engine,
+                      oracle_error=cfg.oracle_reasoner_error, truth=images.truth,
+                      trust_remote_code=cfg.trust_remote_code)
+
+
+def _scorer(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> selfplay.ConfidenceScorer:
+    return selfplay.make_scorer(_scorer_spec(ctx, reasoner, images, m, seed), images.folder, images.load())
+
+
+def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Path, images: ImageSet, rows: list[dict],
+              k: int, scorer: ScorerSpec | None = None) -> GRPOJob:
+    cfg = ctx.config
+    return GRPOJob(role=role, model=model.path, output=str(out), work_dir=str(work), images_folder=images.folder,
+                   rows=rows, **getattr(cfg, role).model_dump(), kl_beta=cfg.kl_beta, seed=cfg.seed + k,
+                   method=cfg.method, scorer=scorer, engine=cfg.engine, training=cfg.training,
+                   trust_remote_code=cfg.trust_remote_code)
 
 
 def _vote(row: dict) -> Vote:
@@ -93,6 +99,8 @@ def _question_metrics(rows: list[dict]) -> dict:
     valid = [r for r in rows if r["question"] is not None]
     return {
         "questions": len(rows),
+        "malformed_questions": len(rows) - len(valid),  # not one question in the Questioner's format: reward 0
+        "unanswered_samples": sum(r["m"] - sum(r["votes"].values()) for r in valid),  # no boxed answer: no vote
         "validity_rate": len(valid) / len(rows) if rows else 0.0,
         "distinct_questions": len({r["question"] for r in valid}),
         "mean_confidence": mean(r["confidence"] for r in valid) if valid else 0.0,
@@ -130,11 +138,12 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
     Measures the Questioner's difficulty before its update and picks the images its GRPO trains on."""
     cfg = ctx.config
     params = {"m": cfg.method.m_questioner, "reasoner_temperature": cfg.reasoner.temperature,
-              "max_new_tokens": cfg.reasoner.max_new_tokens, "method": cfg.method.model_dump(), "seed": cfg.seed}
+              "max_new_tokens": cfg.reasoner.max_new_tokens, "method": cfg.method.questioner_slice(),
+              "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
 
     def compute(out: Path) -> dict:
         set_seed(cfg.seed + k)
-        rows = selfplay.score_rows(_scorer(ctx, reasoner, cfg.method.m_questioner, cfg.seed + 100 * k),
+        rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k),
                                    images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
         rewards = questioner_rewards([r["confidence"] for r in rows], [r["question"] for r in rows], cfg.method,
                                      group_ids=[r["image_id"] for r in rows])
@@ -157,26 +166,17 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
                     images: ImageSet, scoring: StageResult) -> StageResult:
     """GRPO on the Questioner: reward = uncertainty of the Reasoner's vote minus the diversity penalty."""
     cfg, role = ctx.config, ctx.config.questioner
-    params = {"role": role.model_dump(), "method": cfg.method.model_dump(), "kl_beta": cfg.kl_beta,
+    params = {"role": role.model_dump(), "method": cfg.method.questioner_slice(), "kl_beta": cfg.kl_beta,
+              "lora": cfg.training.lora and cfg.training.lora.model_dump(),
               "reasoner_temperature": cfg.reasoner.temperature, "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens,
-              "seed": cfg.seed}
+              "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
     work = Path(ctx.home) / "work" / f"questioner_grpo-{k}-{questioner.key}-{scoring.key}"
 
     def compute(out: Path) -> dict:
-        set_seed(cfg.seed + k)
-        model, processor = load_model(questioner.path, cfg.trust_remote_code), load_processor(questioner.path)
-        pictures = images.load()
         chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
-        rows = [{"prompt": prompts.questioner_messages(), "image": pictures[i], "image_id": i} for i in chosen]
-        scorer = _scorer(ctx, reasoner, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
-        history = grpo_train(model, processor, rows, [make_questioner_reward_func(scorer.confidences, cfg.method)],
-                             work_dir=work, steps=role.steps, learning_rate=role.learning_rate,
-                             prompts_per_step=role.prompts_per_step, num_generations=role.num_generations,
-                             temperature=role.temperature, max_new_tokens=role.max_new_tokens,
-                             save_steps=role.save_steps, kl_beta=cfg.kl_beta, seed=cfg.seed + k,
-                             use_vllm=cfg.engine == "vllm")
-        save_checkpoint(model, processor, out / "model")
-        write_jsonl(out / "history.jsonl", history)
+        scorer = _scorer_spec(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
+        history = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
+                                   k, scorer))
         return {"grpo": history, "steps": role.steps}
 
     result = run_stage(ctx, k, run_id, "questioner_grpo",
@@ -192,7 +192,8 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
     cfg = ctx.config
     params = {"N": cfg.candidates_per_image, "m": cfg.method.m_curation, "temperature": cfg.questioner.temperature,
               "reasoner_temperature": cfg.reasoner.temperature, "max_new_tokens": cfg.questioner.max_new_tokens,
-              "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens, "engine": cfg.engine, "seed": cfg.seed}
+              "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens, "engine": cfg.engine,
+              "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
 
     def compute(out: Path) -> dict:
         set_seed(cfg.seed + k)
@@ -200,7 +201,7 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
         rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
                                         temperature=cfg.questioner.temperature,
                                         max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + 10 * k)
-        rows = selfplay.score_rows(_scorer(ctx, reasoner, cfg.method.m_curation, cfg.seed + 100 * k + 2), pictures, rows)
+        rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_curation, cfg.seed + 100 * k + 2), pictures, rows)
         write_jsonl(out / "candidates.jsonl", rows)
         return _question_metrics(rows)
 
@@ -232,27 +233,13 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
     """GRPO on the Reasoner: reward 1 when its boxed answer equals the pseudo-label."""
     cfg, role = ctx.config, ctx.config.reasoner
     params = {"role": role.model_dump(), "kl_beta": cfg.kl_beta, "format_weight": cfg.method.reasoner_format_weight,
-              "seed": cfg.seed}
+              "lora": cfg.training.lora and cfg.training.lora.model_dump(), "seed": cfg.seed}
     work = Path(ctx.home) / "work" / f"reasoner_grpo-{k}-{reasoner.key}-{curated.key}"
 
     def compute(out: Path) -> dict:
-        set_seed(cfg.seed + k)
-        model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
-        history = []
-        if data and role.steps:
-            pictures = images.load()
-            rows = [{"prompt": prompts.reasoner_messages(r["question"]), "image": pictures[r["image_id"]],
-                     "pseudo_label": r["pseudo_label"]} for r in data]
-            w = cfg.method.reasoner_format_weight
-            history = grpo_train(model, processor, rows, [reasoner_accuracy_reward, format_reward], work_dir=work,
-                                 steps=role.steps, learning_rate=role.learning_rate,
-                                 prompts_per_step=role.prompts_per_step, num_generations=role.num_generations,
-                                 temperature=role.temperature, max_new_tokens=role.max_new_tokens,
-                                 save_steps=role.save_steps, kl_beta=cfg.kl_beta, seed=cfg.seed + k,
-                                 reward_weights=[1 - w, w], use_vllm=cfg.engine == "vllm")
-        save_checkpoint(model, processor, out / "model")
-        write_jsonl(out / "history.jsonl", history)
+        rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
+        history = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
         return {"grpo": history, "steps": role.steps if data else 0, "trained_on": len(data)}
 
     result = run_stage(ctx, k, run_id, "reasoner_grpo", {"reasoner": reasoner.key, "curated": curated.key},

@@ -41,13 +41,13 @@ def test_smoke_flow_on_a_corpus_with_every_bad_case(mixed, tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from tasks import stages
+    from visplay_core import grpo
 
     def save_then_die(model, processor, path):
         model.save_pretrained(path)  # the weights are written, the processor never is
         os.kill(os.getpid(), signal.SIGKILL)
 
-    stages.save_checkpoint = save_then_die
+    grpo.save_checkpoint = save_then_die
     from flows.self_evolution import self_evolution
     from visplay_core.config import load_config
     self_evolution(config=load_config("smoke", ["iterations=1"]), home=sys.argv[1])

@@ -189,10 +189,31 @@ def test_render_puts_each_object_colour_at_its_cell_centre():
         occupied = {(o.row, o.col) for o in scene.objects}
         for r in range(1, world.GRID + 1):
             for c in range(1, world.GRID + 1):
-                if (r, c) not in occupied:  # empty cell: background grey (maybe a darker speckle)
-                    red, green, blue = image.getpixel(((c - 1) * CELL + CELL // 2, (r - 1) * CELL + CELL // 2))
-                    assert red == green == blue and scene.background - 20 <= red <= scene.background
+                if (r, c) not in occupied:  # empty cell: its landmark tint (or, rarely, a grey speckle)
+                    pixel = image.getpixel(((c - 1) * CELL + CELL // 2, (r - 1) * CELL + CELL // 2))
+                    bg = scene.background
+                    tint = (bg - world.LANDMARK * (c - 1), bg, bg - world.LANDMARK * (r - 1))
+                    assert pixel == tint or (pixel[0] == pixel[1] == pixel[2] and bg - 20 <= pixel[0] <= bg)
     assert checked > 100
+
+
+def test_background_tint_tells_the_cell():
+    """The landmark tint: every cell of an empty scene has its own colour, redder at the left and yellower
+    at the bottom, and one step of it is the same everywhere."""
+    image = world.render(Scene((), background=250), seed=0)
+    corners = {(r, c): image.getpixel(((c - 1) * CELL + 2, (r - 1) * CELL + 2)) for r in range(1, 5) for c in range(1, 5)}
+    assert len(set(corners.values())) == 16
+    assert corners[(1, 1)] == (250, 250, 250)
+    assert corners[(4, 3)] == (250 - 2 * world.LANDMARK, 250, 250 - 3 * world.LANDMARK)
+
+
+def test_answer_space_holds_the_answer_and_its_alternatives():
+    assert world.answer_space("yes") == ("yes", "no")
+    assert world.answer_space("2") == ("0", "1", "2", "3", "4")
+    assert world.answer_space("blue") == world.COLORS
+    assert world.answer_space("large") == world.SIZES
+    with pytest.raises(ValueError):
+        world.answer_space("purple")
 
 
 def test_render_sizes_differ():

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from . import world
 
-VERSION = "shapes-v1"
+VERSION = "shapes-v2"
 SEED = 20251119
 PER_KIND = 200
 # Answers cycled through per kind, so no answer wins from the question text alone.

@@ -26,7 +26,7 @@ from .model import build_tiny_vlm, save_checkpoint
 
 @dataclass(frozen=True)
 class BootstrapConfig:
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 50

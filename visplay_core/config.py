@@ -34,6 +34,31 @@ class RoleConfig(BaseModel):
     save_steps: int = Field(5, ge=1, description="GRPO trainer checkpoint every N steps (resume inside a stage)")
 
 
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft) instead of full fine-tuning; merged into the saved checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainingConfig(BaseModel):
+    """Where and how the GRPO stages run."""
+
+    model_config = ConfigDict(extra="forbid")
+    launcher: Literal["in-process", "subprocess", "accelerate"] = Field(
+        "in-process", description="in-process (embedded default), subprocess (a fresh process per GRPO stage, "
+        "memory freed after it) or accelerate (`accelerate launch --config_file accelerate_config`)")
+    accelerate_config: str | None = Field(None, description="accelerate config file (multi-GPU, DeepSpeed ZeRO)")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of all weights")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="with engine vllm: TRL's vLLM rollouts inside the trainer, or from `trl vllm-serve`")
+    vllm_server_base_url: str | None = Field(None, description="vllm_mode server: the `trl vllm-serve` URL")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+
+
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limit: int | None = Field(None, ge=6, description="ShapesBench items per evaluation (all when unset)")
@@ -76,7 +101,11 @@ class VisPlayConfig(BaseModel):
     questioner: RoleConfig = Field(default_factory=lambda: RoleConfig(max_new_tokens=32))
     reasoner: RoleConfig = Field(default_factory=RoleConfig)
     kl_beta: float = Field(0.0, ge=0, description="GRPO KL coefficient (0: no reference model)")
+    oracle_reasoner_error: float | None = Field(
+        None, ge=0, le=1, description="embedded world only: vote with an oracle Reasoner that answers from the "
+        "scene, wrong at this rate (the paper's sanity check); unset: the Reasoner model votes")
     engine: Literal["hf", "vllm"] = Field("hf", description="generation engine for rollouts and scoring")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
 
@@ -96,6 +125,11 @@ class VisPlayConfig(BaseModel):
             raise ValueError(f"corpus: {self.corpus!r} does not exist")
         if self.base_model != "base" and not Path(self.base_model).exists():
             raise ValueError(f"base_model: {self.base_model!r} does not exist (a local checkpoint folder)")
+        accelerate_config = self.training.accelerate_config
+        if accelerate_config and not Path(accelerate_config).exists():
+            raise ValueError(f"training.accelerate_config: {accelerate_config!r} does not exist")
+        if self.oracle_reasoner_error is not None and self.corpus != "embedded":
+            raise ValueError("oracle_reasoner_error: an oracle Reasoner needs the scenes of the embedded corpus")
         if self.questioner.num_generations != self.group_size:
             raise ValueError(f"questioner.num_generations ({self.questioner.num_generations}) must equal "
                              f"group_size G ({self.group_size})")

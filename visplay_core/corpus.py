@@ -14,6 +14,7 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -193,3 +194,13 @@ def scenes_by_id(corpus_folder: str | Path, manifest: Manifest) -> dict[str, wor
     by_file = {json.loads(line)["file"]: json.loads(line)["scene"] for line in path.read_text().splitlines()}
     return {m["id"]: world.Scene.from_dict(by_file[Path(m["source"]).name]) for m in manifest.images
             if Path(m["source"]).name in by_file}
+
+
+def load_images(folder: str | Path, ids) -> dict[str, Image.Image]:
+    """Ingested images by id (``folder`` is an ingested corpus); read once per process."""
+    return _load_images(str(folder), tuple(ids))
+
+
+@lru_cache(maxsize=8)
+def _load_images(folder: str, ids: tuple[str, ...]) -> dict[str, Image.Image]:
+    return {i: Image.open(Path(folder) / "images" / f"{i}.png").convert("RGB") for i in ids}

@@ -49,6 +49,16 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
     return results
 
 
+def make_engine(path: str, engine: str = "hf", trust_remote_code: bool = False, seed: int = 0):
+    """The generation engine ``engine`` ("hf" or "vllm") over the checkpoint at ``path``."""
+    from .model import load_model, load_processor
+
+    processor = load_processor(path, trust_remote_code)
+    if engine == "vllm":
+        return VLLMEngine(path, processor, seed=seed)
+    return HFEngine(load_model(path, trust_remote_code), processor)
+
+
 class HFEngine:
     """Generation with an in-memory transformers model."""
 

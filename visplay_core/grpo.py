@@ -1,19 +1,75 @@
-"""GRPO updates of either role with TRL's ``GRPOTrainer``.
+"""GRPO updates of either role with TRL's ``GRPOTrainer``, described as data so they can run anywhere.
 
-The trainer saves checkpoints every ``save_steps`` into its work folder and resumes from the last one,
-so an interrupted GRPO stage continues where it stopped.
+A ``GRPOJob`` holds everything one update needs (the checkpoint to start from, the rows as image ids
+and questions, the role's settings, how the Questioner's reward gets its votes). ``launch`` runs it in
+this process (the embedded default), in a fresh Python process (one GPU: the stage's memory is freed
+when it ends), or under ``accelerate launch`` with a given config (several GPUs, DeepSpeed ZeRO): every
+rank runs ``python -m visplay_core.grpo JOB.json`` and the main one saves the result.
+
+The trainer saves checkpoints every ``save_steps`` into the job's work folder and resumes from the last
+complete one, so an interrupted GRPO stage continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
-from datasets import Dataset
+from pydantic import BaseModel, Field
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+
+from . import prompts
+from .corpus import load_images
+from .io import write_jsonl
+from .config import TrainingConfig
+from .method import MethodConfig
+from .model import load_model, load_processor, save_checkpoint
+
+
+class ScorerSpec(BaseModel):
+    """How the Questioner's reward gets the Reasoner's vote on each question it writes."""
+
+    reasoner: str
+    m: int
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    engine: Literal["hf", "vllm"] = "hf"
+    oracle_error: float | None = None
+    truth: str | None = None  # the embedded world's folder, for an oracle Reasoner
+    trust_remote_code: bool = False
+
+
+class GRPOJob(BaseModel):
+    """One GRPO update of one role. ``rows``: ``{"image_id"}`` for the Questioner, ``{"image_id",
+    "question", "pseudo_label"}`` for the Reasoner. The result goes to ``output``/model and the trainer's
+    log to ``output``/history.jsonl."""
+
+    role: Literal["questioner", "reasoner"]
+    model: str
+    output: str
+    work_dir: str
+    images_folder: str
+    rows: list[dict]
+    steps: int
+    learning_rate: float
+    prompts_per_step: int
+    num_generations: int
+    temperature: float
+    max_new_tokens: int
+    save_steps: int
+    kl_beta: float
+    seed: int
+    method: MethodConfig
+    scorer: ScorerSpec | None = None
+    engine: Literal["hf", "vllm"] = "hf"
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    trust_remote_code: bool = False
 
 
 class _History(TrainerCallback):
@@ -25,27 +81,107 @@ class _History(TrainerCallback):
             self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
 
-def grpo_train(model, processor, rows: Sequence[dict], reward_funcs: list[Callable], *, work_dir: str | Path,
-               steps: int, learning_rate: float, prompts_per_step: int, num_generations: int, temperature: float,
-               max_new_tokens: int, save_steps: int, kl_beta: float, seed: int,
-               reward_weights: list[float] | None = None, use_vllm: bool = False) -> list[dict]:
-    """Train ``model`` in place for ``steps`` GRPO steps on ``rows`` (each ``{"prompt", "image", ...}``);
-    returns the trainer's log history (reward curves)."""
+def _peft_config(lora):
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def grpo_trainer(model, processor, rows: Sequence[dict], reward_funcs: list[Callable], *, work_dir: str | Path,
+                 steps: int, learning_rate: float, prompts_per_step: int, num_generations: int, temperature: float,
+                 max_new_tokens: int, save_steps: int, kl_beta: float, seed: int,
+                 reward_weights: list[float] | None = None, engine: str = "hf",
+                 training: TrainingConfig = TrainingConfig(), callbacks: list | None = None) -> GRPOTrainer:
+    """TRL's trainer for ``rows`` (each ``{"prompt", "image", ...}``), configured as the method needs."""
+    from datasets import Dataset
+
     cuda = torch.cuda.is_available()
+    vllm = engine == "vllm"
     args = GRPOConfig(
         output_dir=str(work_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=prompts_per_step * num_generations, gradient_accumulation_steps=1,
         num_generations=num_generations, max_completion_length=max_new_tokens, temperature=temperature,
         top_k=0, top_p=1.0, beta=kl_beta, reward_weights=reward_weights, logging_steps=1,
         save_strategy="steps", save_steps=save_steps, save_only_model=False, report_to="none",
-        seed=seed, data_seed=seed, use_cpu=not cuda, bf16=cuda, use_vllm=use_vllm, vllm_mode="colocate",
+        seed=seed, data_seed=seed, use_cpu=not cuda, bf16=cuda, use_vllm=vllm, vllm_mode=training.vllm_mode,
+        vllm_server_base_url=training.vllm_server_base_url,
+        vllm_gpu_memory_utilization=training.vllm_gpu_memory_utilization,
         disable_tqdm=False, dataloader_num_workers=0,
     )
+    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
+                       processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+
+
+def _reward_funcs(job: GRPOJob, pictures: dict) -> tuple[list[Callable], list[float] | None]:
+    from .rewards import format_reward, make_questioner_reward_func, reasoner_accuracy_reward
+
+    if job.role == "reasoner":
+        w = job.method.reasoner_format_weight
+        return [reasoner_accuracy_reward, format_reward], [1 - w, w]
+    from .selfplay import make_scorer
+
+    scorer = make_scorer(job.scorer, job.images_folder, pictures)
+    return [make_questioner_reward_func(scorer.confidences, job.method)], None
+
+
+def _rows(job: GRPOJob, pictures: dict) -> list[dict]:
+    if job.role == "questioner":
+        return [{"prompt": prompts.questioner_messages(), "image": pictures[r["image_id"]], "image_id": r["image_id"]}
+                for r in job.rows]
+    return [{"prompt": prompts.reasoner_messages(r["question"]), "image": pictures[r["image_id"]],
+             "pseudo_label": r["pseudo_label"]} for r in job.rows]
+
+
+def run_job(job: GRPOJob) -> list[dict]:
+    """Train, then save the updated model (adapters merged) and the trainer's log; returns the log."""
+    model = load_model(job.model, job.trust_remote_code)
+    processor = load_processor(job.model, job.trust_remote_code)
+    output = Path(job.output)
     history = _History()
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
-                          processing_class=processor, callbacks=[history])
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(work_dir))
+    trainer = None
+    if job.rows and job.steps:
+        pictures = load_images(job.images_folder, sorted({r["image_id"] for r in job.rows}))
+        funcs, weights = _reward_funcs(job, pictures)
+        trainer = grpo_trainer(model, processor, _rows(job, pictures), funcs, work_dir=job.work_dir, steps=job.steps,
+                               learning_rate=job.learning_rate, prompts_per_step=job.prompts_per_step,
+                               num_generations=job.num_generations, temperature=job.temperature,
+                               max_new_tokens=job.max_new_tokens, save_steps=job.save_steps, kl_beta=job.kl_beta,
+                               seed=job.seed, reward_weights=weights, engine=job.engine, training=job.training,
+                               callbacks=[history])
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(job.work_dir))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if job.training.lora is not None:
+            model = model.merge_and_unload()
+    if trainer is None or trainer.accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, processor, output / "model")
+        write_jsonl(output / "history.jsonl", history.rows)
     return history.rows
+
+
+def launch(job: GRPOJob) -> list[dict]:
+    """Run ``job`` with its launcher; returns the trainer's log. A launched process that fails raises
+    ``RuntimeError`` with the end of its log (the whole log is in the work folder)."""
+    if job.training.launcher == "in-process":
+        return run_job(job)
+    work = Path(job.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = work / "job.json"
+    spec.write_text(job.model_dump_json(indent=1))
+    command = [sys.executable, "-m", "visplay_core.grpo", str(spec)]
+    if job.training.launcher == "accelerate":
+        config = ["--config_file", job.training.accelerate_config] if job.training.accelerate_config else []
+        command = [sys.executable, "-m", "accelerate.commands.launch", *config, "-m", "visplay_core.grpo", str(spec)]
+    log = work / "launch.log"
+    with open(log, "ab") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"GRPO {job.role} job failed (exit {code}; {' '.join(command)}); full log: {log}\n{tail}")
+    return [json.loads(line) for line in (Path(job.output) / "history.jsonl").read_text().splitlines() if line]
 
 
 def last_complete_checkpoint(work_dir: str | Path) -> str | None:
@@ -59,3 +195,7 @@ def last_complete_checkpoint(work_dir: str | Path) -> str | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+if __name__ == "__main__":  # one rank of a launched job
+    run_job(GRPOJob.model_validate_json(Path(sys.argv[1]).read_text()))

@@ -36,6 +36,11 @@ class MethodConfig(BaseModel):
         0.0, ge=0, le=1, description="Reasoner reward = (1 - w) * accuracy + w * format"
     )
 
+    def questioner_slice(self) -> dict:
+        """The fields that define the Questioner's reward: what its stages are cached on (a sweep over
+        the curation window or the Reasoner's reward reuses every Questioner stage)."""
+        return self.model_dump(exclude={"tau_low", "tau_high", "m_curation", "reasoner_format_weight"})
+
     @model_validator(mode="after")
     def _check_window(self) -> MethodConfig:
         if not 0 <= self.tau_low <= self.tau_high <= 1:

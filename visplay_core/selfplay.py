@@ -4,12 +4,15 @@ Questioner's GRPO reward and the labelling of candidates before curation."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Mapping, Sequence
 
 from PIL import Image
 
-from . import prompts
+from . import prompts, world
 from .answers import extract_answer, extract_question
+from .generation import make_engine
 from .rewards import Vote, majority_vote
 
 
@@ -45,6 +48,47 @@ class ConfidenceScorer:
     def confidences(self, questions: list[str | None], images: list[Image.Image]) -> list[float | None]:
         """The ``score_confidence`` hook of ``rewards.make_questioner_reward_func``."""
         return [v.confidence if v else None for v in self.votes(images, questions)]
+
+
+def pixel_key(image: Image.Image) -> str:
+    """A key of an image's pixels: the same picture after a round trip through a dataset has the same key."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()
+
+
+class OracleScorer(ConfidenceScorer):
+    """The paper's sanity check: a Reasoner that answers from the scene (embedded world only). Each of its
+    ``m`` samples is the true answer, or with probability ``error_rate`` another answer of the same kind;
+    a question outside the grammar, or not valid for the scene, gets no answer. It stands in for the
+    Reasoner wherever one votes, so the Questioner's learning can be studied alone."""
+
+    def __init__(self, scenes: Mapping[str, world.Scene], images: Mapping[str, Image.Image], m: int,
+                 error_rate: float, seed: int):
+        self.scene_of = {pixel_key(images[i]): scenes[i] for i in images}
+        self.m, self.error_rate, self.rng = m, error_rate, random.Random(seed)
+
+    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
+        return [None if q is None else majority_vote(self._samples(self.scene_of[pixel_key(image)], q))
+                for image, q in zip(images, questions)]
+
+    def _samples(self, scene: world.Scene, question: str) -> list[str | None]:
+        truth = world.oracle(scene, question)
+        if truth is None:
+            return [None] * self.m
+        others = [a for a in world.answer_space(truth) if a != truth]
+        return [self.rng.choice(others) if self.rng.random() < self.error_rate else truth for _ in range(self.m)]
+
+
+def make_scorer(spec, images_folder: str, images: Mapping[str, Image.Image]) -> ConfidenceScorer:
+    """The scorer a ``grpo.ScorerSpec`` describes: the Reasoner model's, or the oracle's."""
+    if spec.oracle_error is not None:
+        from .corpus import Manifest, scenes_by_id
+
+        scenes = scenes_by_id(spec.truth, Manifest.load(images_folder))
+        return OracleScorer(scenes, images, spec.m, spec.oracle_error, spec.seed)
+    engine = make_engine(spec.reasoner, spec.engine, spec.trust_remote_code, spec.seed)
+    return ConfidenceScorer(engine, m=spec.m, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens,
+                            seed=spec.seed)
 
 
 def score_rows(scorer: ConfidenceScorer, images: Mapping[str, Image.Image], rows: list[dict]) -> list[dict]:

@@ -2,7 +2,11 @@
 
 A scene is a few objects (shape, color, size) placed in the cells of a 4×4 grid; the image is drawn from
 the scene with PIL. Each grid cell is 28 px, which is exactly one merged vision token of a Qwen2.5-VL
-vision tower (patch 14, merge 2), so the world is solvable by a very small model.
+vision tower (patch 14, merge 2), so the world is solvable by a very small model. The background carries
+a faint landmark tint, redder-to-cyan from left to right and yellower from top to bottom: a vision tower
+with only relative (rotary) positions and a 16-token image give a small model no absolute anchor, and
+without one it cannot tell where an object is (the first base read positions almost never right, and
+spatial questions stayed at chance).
 
 The scene is hidden ground truth: self-play sees only pixels. The oracle answers any question of the
 grammar from the scene (or says it is not a valid question) and is used only to *measure*.
@@ -26,6 +30,7 @@ SIZES = ("small", "large")
 MAX_OBJECTS = 4
 RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 PIXELS = {"small": 14, "large": 24}
+LANDMARK = 10  # tint step per grid column (red channel) and row (blue channel)
 OUTLINE = (20, 20, 20)  # a dark outline shows each shape's contour whatever its color
 KINDS = ("attribute", "exists", "count", "count2", "compare", "spatial")
 
@@ -63,11 +68,15 @@ def random_scene(rng: random.Random) -> Scene:
 
 
 def render(scene: Scene, seed: int = 0) -> Image.Image:
-    """Draw the scene: a lightly speckled plain background, each object centred in its cell."""
+    """Draw the scene: a lightly speckled background with its landmark tint, each object centred in its cell."""
     rng = random.Random(seed)
     bg = scene.background
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (bg, bg, bg))
     draw = ImageDraw.Draw(image)
+    for row in range(GRID):
+        for col in range(GRID):
+            tint = (bg - LANDMARK * col, bg, bg - LANDMARK * row)
+            draw.rectangle((col * CELL, row * CELL, (col + 1) * CELL - 1, (row + 1) * CELL - 1), fill=tint)
     for _ in range(40):  # light texture
         x, y, d = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE), rng.randint(8, 20)
         draw.point((x, y), fill=(bg - d, bg - d, bg - d))
@@ -210,6 +219,15 @@ def oracle(scene: Scene, question: str) -> str | None:
         return None
     _, answer, slots = parsed
     return answer(scene, **slots)
+
+
+def answer_space(answer: str) -> tuple[str, ...]:
+    """Every answer a question with true answer ``answer`` could be given: yes/no, a count, or the values
+    of the attribute asked about."""
+    for values in (("yes", "no"), tuple(str(n) for n in range(MAX_OBJECTS + 1)), COLORS, SHAPES, SIZES):
+        if answer in values:
+            return values
+    raise ValueError(f"{answer!r} is not an answer of the grammar")
 
 
 def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, answer: str | None = None,

@@ -1,0 +1,206 @@
+"""The paper's open checks as one command each: sweeps over config keys (with seeds), an oracle Reasoner,
+one iteration against three, and weaker and stronger bases.
+
+Every arm is an ordinary self-evolution run in one home, so each run is in MLflow and every stage whose
+cache key is unchanged is restored, not recomputed (a sweep over the curation window reuses all the
+Questioner's stages). The comparison is a table of the last iteration's metrics per arm, mean ± spread
+over seeds, with the base model as the reference row, and a plot of accuracy across iterations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from statistics import mean, stdev
+
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from flows import report
+from flows.self_evolution import self_evolution
+from tasks.tracking import experiment_id, open_run, tracking_uri
+from visplay_core.config import load_config
+from visplay_core.io import write_json
+
+METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "oracle_validity")
+
+# The shipped experiments: name -> (what it asks, its grid). "{K}" and "{Q}"/"{R}" are filled from the
+# config (iterations and GRPO steps per iteration) so "same budget" holds for any preset.
+EXPERIMENTS = {
+    "thresholds": ("the paper's curation-window ablation",
+                   ["method.tau_low:method.tau_high=0.1:0.9,0.25:0.75,0.4:0.6"]),
+    "oracle": ("an oracle Reasoner (exact, and wrong 30% of the time) against the Reasoner model",
+               ["oracle_reasoner_error=null,0.0,0.3"]),
+    "iterations": ("one iteration against K, same total GRPO steps",
+                   ["iterations:questioner.steps:reasoner.steps={K}:{Q}:{R},1:{KQ}:{KR}"]),
+    "initialization": ("the same run from a weaker and a stronger base", ["base_model={BASES}"]),
+}
+
+
+def parse_grid(spec: str) -> list[list[str]]:
+    """One ``--grid``: ``key=v1,v2`` → ``[["key=v1"], ["key=v2"]]``; keys joined with ``:`` take values
+    joined with ``:`` together (``a:b=1:2,3:4`` → ``[["a=1", "b=2"], ["a=3", "b=4"]]``)."""
+    keys, sep, values = spec.partition("=")
+    if not sep or not keys.strip() or not values.strip():
+        raise ValueError(f"--grid {spec!r}: expected key=v1,v2,... (or k1:k2=a1:a2,b1:b2)")
+    names = [k.strip() for k in keys.split(":")]
+    arms = []
+    for value in values.split(","):
+        parts = value.split(":") if len(names) > 1 else [value]
+        if len(parts) != len(names):
+            raise ValueError(f"--grid {spec!r}: {value!r} has {len(parts)} values for {len(names)} keys")
+        arms.append([f"{k}={v.strip()}" for k, v in zip(names, parts)])
+    return arms
+
+
+def arms_of(grids: list[str]) -> list[tuple[str, list[str]]]:
+    """The cartesian product of the grids: ``[(arm name, overrides)]``."""
+    product = itertools.product(*(parse_grid(g) for g in grids)) if grids else [()]
+    return [(" ".join(o for part in combo for o in part) or "config", [o for part in combo for o in part])
+            for combo in product]
+
+
+def shipped_grids(name: str, config_source: str, overrides: list[str], bases: list[str] | None = None) -> list[str]:
+    """The grid of a shipped experiment, filled in from the config it runs on."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)})")
+    config = load_config(config_source, overrides)
+    k, q, r = config.iterations, config.questioner.steps, config.reasoner.steps
+    fill = {"{K}": k, "{Q}": q, "{R}": r, "{KQ}": k * q, "{KR}": k * r, "{BASES}": ",".join(bases or ["base"])}
+    grids = []
+    for grid in EXPERIMENTS[name][1]:
+        for placeholder, value in fill.items():
+            grid = grid.replace(placeholder, str(value))
+        grids.append(grid)
+    return grids
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9.]+", "-", text).strip("-")[:80]
+
+
+def sweep(config_source: str, grids: list[str], seeds: int = 1, home: str = ".visplay", name: str = "sweep",
+          overrides: list[str] | None = None) -> dict:
+    """Run every arm of the grid for ``seeds`` seeds (config seed, +1, ...) and compare them; writes
+    ``HOME/experiments/NAME/{table.md,results.json,accuracy.png}`` and logs them to an MLflow run."""
+    overrides = list(overrides or [])
+    first_seed = load_config(config_source, overrides).seed
+    results = []
+    for arm, arm_overrides in arms_of(grids):
+        for s in range(seeds):
+            config = load_config(config_source, [*overrides, *arm_overrides, f"seed={first_seed + s}"])
+            summary = self_evolution(config=config, home=home, run_name=f"{name}-{_slug(arm)}-s{first_seed + s}")
+            results.append({"arm": arm, "seed": first_seed + s, "summary": summary})
+    comparison = compare(results)
+    out = Path(home).resolve() / "experiments" / name
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison_markdown(name, comparison)
+    (out / "table.md").write_text(table)
+    (out / "accuracy.png").write_bytes(accuracy_plot(comparison))
+    write_json(out / "results.json", {"name": name, "config": str(config_source), "overrides": overrides,
+                                      "grids": grids, "seeds": seeds, **comparison})
+    _log_to_mlflow(Path(home).resolve(), name, out)
+    print(table)
+    return comparison
+
+
+def compare(results: list[dict]) -> dict:
+    """Per arm: the last iteration's metrics (mean, spread over seeds), the accuracy of the base it started
+    from, accuracy per iteration, how many stages were restored from cache, and a verdict of its gain over
+    its base against the noise."""
+    arms: dict[str, list[dict]] = {}
+    for r in results:
+        arms.setdefault(r["arm"], []).append(r["summary"])
+    n_eval = _eval_items(results)
+    rows = []
+    for arm, summaries in arms.items():
+        last = [s["iterations"][-1] for s in summaries]
+        row = {"arm": arm, "seeds": len(summaries), "runs": [s["run"] for s in summaries],
+               "base_accuracy": _stats([s["base"]["shapes_accuracy"] for s in summaries])}
+        for metric in METRICS:
+            row[metric] = _stats([it.get(metric) for it in last])
+        row["accuracy_by_iteration"] = [
+            mean(s["iterations"][i]["shapes_accuracy"] for s in summaries)
+            for i in range(min(len(s["iterations"]) for s in summaries))]
+        stages = [st for s in summaries for it in s["iterations"] for st in it["stages"].values()]
+        row["stages_cached"], row["stages"] = sum(st["cached"] for st in stages), len(stages)
+        row["verdict"] = _verdict(row["shapes_accuracy"], row["base_accuracy"], n_eval)
+        rows.append(row)
+    bases = {json.dumps(r["base_accuracy"], sort_keys=True) for r in rows}
+    return {"base": rows[0]["base_accuracy"] if len(bases) == 1 else None, "eval_items": n_eval, "arms": rows}
+
+
+def _eval_items(results: list[dict]) -> int | None:
+    limits = {r["summary"]["config"]["eval"]["limit"] for r in results}
+    return min(limits) if limits and None not in limits else None
+
+
+def _stats(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "spread": None, "n": 0}
+    return {"mean": mean(values), "spread": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def _verdict(arm: dict, base: dict, n_eval: int | None) -> str:
+    """"above"/"below" its base only when the difference exceeds the noise: the spread over seeds, and at
+    least two binomial standard errors of the evaluation (which is all there is with one seed)."""
+    if arm["mean"] is None or base["mean"] is None:
+        return "no score"
+    p = base["mean"]
+    sampling = 2 * math.sqrt(p * (1 - p) / n_eval) if n_eval else 0.0
+    noise = max(arm["spread"] or 0.0, base["spread"] or 0.0, sampling)
+    diff = arm["mean"] - base["mean"]
+    if abs(diff) <= noise:
+        return f"within noise of its base (±{noise:.3f})"
+    return f"{'above' if diff > 0 else 'below'} its base by {abs(diff):.3f} (noise ±{noise:.3f})"
+
+
+def _cell(stat: dict, digits: int = 3) -> str:
+    if stat["mean"] is None:
+        return "-"
+    value = f"{stat['mean']:.{digits}f}"
+    return f"{value} ± {stat['spread']:.{digits}f}" if stat["n"] > 1 else value
+
+
+def comparison_markdown(name: str, comparison: dict) -> str:
+    head = ["arm", "seeds", "base acc.", "ShapesBench acc.", "pseudo-label acc.", "curated", "question validity",
+            "stages restored", "verdict"]
+    body = []
+    if comparison["base"] is not None:
+        body.append(["base (reference)", "-", _cell(comparison["base"]), _cell(comparison["base"]), "-", "-", "-", "-", "-"])
+    for row in comparison["arms"]:
+        body.append([row["arm"], str(row["seeds"]), _cell(row["base_accuracy"]), _cell(row["shapes_accuracy"]),
+                     _cell(row["pseudo_label_accuracy"]), _cell(row["curated"], 1), _cell(row["oracle_validity"]),
+                     f"{row['stages_cached']}/{row['stages']}", row["verdict"]])
+    lines = [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    n = comparison["eval_items"]
+    lines += ["", f"Last iteration's metrics, mean ± standard deviation over seeds; ShapesBench on {n or 'all'} "
+              f"items; question validity is the oracle's, of the updated Questioner's candidates. \"within noise\" "
+              f"means the gain over the base is no larger than the spread over seeds or two binomial standard "
+              f"errors of the evaluation."]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_plot(comparison: dict) -> bytes:
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for row in comparison["arms"]:
+        points = [row["base_accuracy"]["mean"], *row["accuracy_by_iteration"]]
+        ax.plot(range(len(points)), points, marker="o", label=row["arm"][:40])
+    ax.set_xlabel("iteration (0 = base)")
+    ax.set_ylabel("ShapesBench accuracy")
+    ax.legend(fontsize=7)
+    return report.png(fig)
+
+
+def _log_to_mlflow(home: Path, name: str, out: Path) -> None:
+    client = MlflowClient(tracking_uri(home))
+    run_id = open_run(client, experiment_id(client, home), f"experiment-{name}",
+                      {"visplay.level": "experiment", "visplay.experiment": name})
+    client.log_artifacts(run_id, str(out))
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,176 @@
+"""Experiments: grid parsing and the comparison's arithmetic, the oracle Reasoner, and the shipped
+experiments run for real on the smoke preset (one home, so later arms restore earlier arms' stages)."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows import experiments
+from flows.cli import main
+from tasks.tracking import EXPERIMENT
+from visplay_core import world
+from visplay_core.bootstrap import world_texts
+from visplay_core.config import ConfigError, load_config
+from visplay_core.model import build_tiny_vlm, save_checkpoint
+from visplay_core.selfplay import OracleScorer, pixel_key
+from visplay_core.world import Obj, Scene
+
+QUESTIONER_STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation")
+
+
+def test_grid_of_one_key_and_of_paired_keys():
+    assert experiments.parse_grid("seed=1,2") == [["seed=1"], ["seed=2"]]
+    assert experiments.parse_grid("a:b=1:2,3:4") == [["a=1", "b=2"], ["a=3", "b=4"]]
+    for bad in ("seed", "seed=", "a:b=1:2,3"):
+        with pytest.raises(ValueError):
+            experiments.parse_grid(bad)
+
+
+def test_grids_multiply():
+    arms = experiments.arms_of(["a=1,2", "b=x,y,z"])
+    assert len(arms) == 6
+    assert arms[0] == ("a=1 b=x", ["a=1", "b=x"]) and arms[-1] == ("a=2 b=z", ["a=2", "b=z"])
+
+
+def test_iterations_experiment_keeps_the_total_grpo_budget():
+    grids = experiments.shipped_grids("iterations", "demo", [])
+    arms = [dict(o.split("=") for o in overrides) for _, overrides in experiments.arms_of(grids)]
+    config = load_config("demo")
+    for arm in arms:
+        assert int(arm["iterations"]) * int(arm["questioner.steps"]) == config.iterations * config.questioner.steps
+        assert int(arm["iterations"]) * int(arm["reasoner.steps"]) == config.iterations * config.reasoner.steps
+    assert sorted(int(a["iterations"]) for a in arms) == [1, config.iterations]
+    with pytest.raises(ValueError, match="unknown experiment"):
+        experiments.shipped_grids("nope", "demo", [])
+
+
+def _summary(base, accuracies, cached=False):
+    stage = {"seconds": 1.0, "cached": cached}
+    return {"run": "r", "base": {"shapes_accuracy": base}, "config": {"eval": {"limit": 300}},
+            "iterations": [{"iteration": i + 1, "shapes_accuracy": a, "pseudo_label_accuracy": 0.5, "curated": 4,
+                            "oracle_validity": 1.0, "stages": {"s": stage}} for i, a in enumerate(accuracies)]}
+
+
+def test_comparison_means_spreads_and_verdicts():
+    results = [{"arm": "A", "seed": 0, "summary": _summary(0.5, [0.55, 0.70])},
+               {"arm": "A", "seed": 1, "summary": _summary(0.5, [0.55, 0.74], cached=True)},
+               {"arm": "B", "seed": 0, "summary": _summary(0.5, [0.50, 0.52])},
+               {"arm": "B", "seed": 1, "summary": _summary(0.5, [0.50, 0.50])}]
+    out = experiments.compare(results)
+    a, b = out["arms"]
+    assert a["shapes_accuracy"]["mean"] == pytest.approx(0.72)
+    assert a["shapes_accuracy"]["spread"] == pytest.approx(0.028284, abs=1e-6)  # stdev of 0.70, 0.74
+    assert a["accuracy_by_iteration"] == pytest.approx([0.55, 0.72])
+    assert (a["stages_cached"], a["stages"]) == (2, 4)
+    # noise: 2 * sqrt(0.5 * 0.5 / 300) = 0.0577; A gains 0.22, B gains 0.01
+    assert a["verdict"].startswith("above its base by 0.220")
+    assert b["verdict"].startswith("within noise")
+    assert out["base"]["mean"] == 0.5
+    table = experiments.comparison_markdown("t", out)
+    assert "| base (reference) |" in table and "| A | 2 |" in table and "0.720 ± 0.028" in table
+
+
+def test_arms_from_different_bases_are_judged_against_their_own():
+    out = experiments.compare([{"arm": "weak", "seed": 0, "summary": _summary(0.3, [0.5])},
+                               {"arm": "strong", "seed": 0, "summary": _summary(0.8, [0.78])}])
+    assert out["base"] is None
+    assert out["arms"][0]["verdict"].startswith("above its base by 0.200")
+    assert out["arms"][1]["verdict"].startswith("within noise")  # 0.02 < 2 * sqrt(0.8 * 0.2 / 300) = 0.046
+
+
+SCENE = Scene((Obj("circle", "red", "small", 1, 1), Obj("square", "blue", "large", 2, 3)), background=240)
+
+
+def test_oracle_reasoner_answers_from_the_scene():
+    image = world.render(SCENE, seed=1)
+    exact = OracleScorer({"a": SCENE}, {"a": image}, m=5, error_rate=0.0, seed=0)
+    right, invalid, none = exact.votes([image] * 3, ["What color is the circle?", "What color is the triangle?", None])
+    assert (right.label, right.confidence) == ("red", 1.0)
+    assert (invalid.label, invalid.confidence) == (None, 0.0)  # no triangle: not a valid question
+    assert none is None
+    always_wrong = OracleScorer({"a": SCENE}, {"a": image}, m=50, error_rate=1.0, seed=0)
+    vote = always_wrong.votes([image], ["How many squares are there?"])[0]
+    assert "1" not in vote.votes and set(vote.votes) <= {"0", "2", "3", "4"}
+    noisy = OracleScorer({"a": SCENE}, {"a": image}, m=1000, error_rate=0.3, seed=0)
+    assert noisy.confidences(["Is the red circle left of the blue square?"], [image])[0] == pytest.approx(0.7, abs=0.05)
+
+
+def test_oracle_finds_the_scene_of_a_decoded_copy_of_the_image(tmp_path):
+    from PIL import Image
+
+    image = world.render(SCENE, seed=3)
+    image.save(tmp_path / "x.png")
+    assert pixel_key(Image.open(tmp_path / "x.png")) == pixel_key(image)
+    assert pixel_key(world.render(SCENE, seed=4)) != pixel_key(image)
+
+
+def test_oracle_needs_the_embedded_world(tmp_path):
+    with pytest.raises(ConfigError, match="oracle_reasoner_error"):
+        load_config("smoke", [f"corpus={tmp_path}", "oracle_reasoner_error=0.1"])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def _table_arms(home, name):
+    return [row["arm"] for row in json.loads((home / "experiments" / name / "results.json").read_text())["arms"]]
+
+
+def _stages(home, run):
+    summary = json.loads((home / "runs" / run / "summary.json").read_text())
+    return summary["iterations"][0]["stages"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_threshold_sweep_reuses_every_questioner_stage(home, capsys):
+    code = main(["sweep", "--config", "smoke", "--set", "iterations=1", "--home", str(home), "--name", "thresholds",
+                 "--grid", "method.tau_low:method.tau_high=0.1:0.9,0.25:0.75,0.4:0.6"])
+    assert code == 0
+    arms = ["method.tau_low=0.1 method.tau_high=0.9", "method.tau_low=0.25 method.tau_high=0.75",
+            "method.tau_low=0.4 method.tau_high=0.6"]
+    assert _table_arms(home, "thresholds") == arms
+    first, *later = [_stages(home, f"thresholds-{experiments._slug(a)}-s0") for a in arms]
+    assert not any(s["cached"] for s in first.values())
+    for stages in later:  # only curation and what follows it are recomputed
+        assert all(stages[s]["cached"] for s in QUESTIONER_STAGES)
+        assert not stages["threshold_filtering"]["cached"]
+    table = (home / "experiments" / "thresholds" / "table.md").read_text()
+    assert all(f"| {a} |" in table for a in arms) and "base (reference)" in table
+    assert (home / "experiments" / "thresholds" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    [run] = client.search_runs([exp], "tags.`visplay.experiment` = 'thresholds'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "results.json", "accuracy.png"}
+    assert "| base (reference) |" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_oracle_experiment_studies_the_questioner_alone(home):
+    assert main(["experiment", "oracle", "--config", "smoke", "--set", "iterations=1", "--home", str(home)]) == 0
+    assert _table_arms(home, "oracle") == [f"oracle_reasoner_error={e}" for e in ("null", "0.0", "0.3")]
+    model_arm = _stages(home, f"oracle-{experiments._slug('oracle_reasoner_error=null')}-s0")
+    assert all(s["cached"] for s in model_arm.values())  # the same run as the sweep's middle arm
+    exact = _stages(home, f"oracle-{experiments._slug('oracle_reasoner_error=0.0')}-s0")
+    assert not exact["confidence_scoring"]["cached"]
+    scored_file = home / "stages" / f"confidence_scoring-{exact['confidence_scoring']['key']}" / "scored.jsonl"
+    scored = [json.loads(r) for r in scored_file.read_text().splitlines()]
+    # an exact oracle is certain of every valid question and silent on the rest
+    assert {r["confidence"] for r in scored if r["question"] is not None} <= {0.0, 1.0}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_initialization_experiment_compares_bases(home, tmp_path):
+    untrained = tmp_path / "untrained"
+    model, processor = build_tiny_vlm(world_texts(200, 0), seed=0)
+    save_checkpoint(model, processor, untrained)
+    assert main(["experiment", "initialization", "--config", "smoke", "--set", "iterations=1", "--home", str(home),
+                 "--bases", f"{untrained},base"]) == 0
+    results = json.loads((home / "experiments" / "initialization" / "results.json").read_text())
+    weak, shipped = results["arms"]
+    assert weak["arm"] == f"base_model={untrained}" and shipped["arm"] == "base_model=base"
+    assert shipped["stages_cached"] == shipped["stages"]  # the shipped base's run was done by the sweep
+    assert weak["base_accuracy"]["mean"] < shipped["base_accuracy"]["mean"]
+    assert results["base"] is None  # two different bases: each arm is judged against its own
