@@ -55,6 +55,20 @@ def test_all_stages_recorded_with_artifacts(finished):
         assert {"shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence"} <= set(it)
 
 
+def test_malformed_output_is_counted(finished):
+    home, _, summary = finished
+    for it in summary["iterations"]:
+        for stage, file in (("confidence_scoring", "scored.jsonl"), ("candidate_generation", "candidates.jsonl")):
+            folder = home / "stages" / f"{stage}-{it['stages'][stage]['key']}"
+            rows = [json.loads(line) for line in (folder / file).read_text().splitlines()]
+            metrics = json.loads((folder / "metrics.json").read_text())
+            malformed = [r for r in rows if r["question"] is None]
+            assert metrics["malformed_questions"] == len(malformed)
+            assert all(r.get("reward", 0.0) == 0.0 for r in malformed)
+            assert metrics["unanswered_samples"] == sum(r["m"] - sum(r["votes"].values())
+                                                        for r in rows if r["question"] is not None)
+
+
 def test_rerun_restores_every_stage(finished):
     home, config, summary = finished
     again = self_evolution(config=config, home=str(home))
