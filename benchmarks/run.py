@@ -1,12 +1,13 @@
 """Speed and cost benchmarks: prints markdown tables; ``--write BENCHMARKS.md`` saves them with the machine.
 
-    python benchmarks/run.py [--only throughput,breakdown,resume,scaling] [--write BENCHMARKS.md]
+    python benchmarks/run.py [--only throughput,breakdown,scaling] [--write BENCHMARKS.md]
+                             [--preset demo] [--home DIR]
 
 - throughput: confidence scoring (m answers per question) batched with one shared prefill per question
   versus a per-sample loop, same model and inputs (target: >= 5x generated tokens/s).
-- breakdown: the demo preset end to end: model compute vs MLflow tracking vs Prefect and the rest
-  (target: orchestration and tracking under 5%).
-- resume: a rerun of the finished demo run (target: under 15 s, 0 stages recomputed).
+- breakdown: the demo preset end to end: model compute vs reports vs MLflow tracking vs Prefect
+  (target: Prefect and MLflow together under 5%); then its resume: a rerun of the finished run
+  (target: under 15 s, 0 stages recomputed).
 - scaling: seconds per iteration as images per iteration and G grow.
 """
 
@@ -18,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -25,12 +27,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from visplay_core import bench, prompts  # noqa: E402
-from visplay_core.config import BASE_CHECKPOINT, load_config  # noqa: E402
-from visplay_core.generation import generate  # noqa: E402
-from visplay_core.model import load_model, load_processor  # noqa: E402
+from flows.self_evolution import self_evolution
+from visplay_core import bench, prompts
+from visplay_core.config import BASE_CHECKPOINT, load_config
+from visplay_core.generation import generate
+from visplay_core.model import load_model, load_processor
 
 
 def table(head: list[str], rows: list[list]) -> str:
@@ -63,44 +66,92 @@ def throughput(m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> st
 
 
 def _run(config, home: Path) -> tuple[dict, float]:
-    from flows.self_evolution import self_evolution
-
     start = time.time()
     summary = self_evolution(config=config, home=str(home))
     return summary, time.time() - start
 
 
-def breakdown_and_resume(home: Path) -> str:
-    config = load_config("demo")
-    summary, wall = _run(config, home)
+def prefect_start_up() -> float:
+    """Seconds until Prefect runs its first flow: in ephemeral mode that starts a local server, once per
+    process (a sweep's runs share it); with `visplay up` or PREFECT_API_URL nothing starts."""
+    from prefect import flow
+
+    start = time.time()
+    flow(name="warm-up")(lambda: None)()
+    return time.time() - start
+
+
+@contextmanager
+def timed(module, names: tuple[str, ...]):
+    """Count the seconds spent in ``module.<name>`` for each name while the block runs."""
+    spent = {"seconds": 0.0}
+    originals = {n: getattr(module, n) for n in names}
+
+    def wrap(fn):
+        def timed_call(*args, **kwargs):
+            start = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.time() - start
+        return timed_call
+
+    for n, fn in originals.items():
+        setattr(module, n, wrap(fn))
+    try:
+        yield spent
+    finally:
+        for n, fn in originals.items():
+            setattr(module, n, fn)
+
+
+def breakdown_and_resume(home: Path, preset: str = "demo") -> str:
+    import flows.report
+    import flows.self_evolution
+
+    config = load_config(preset)
+    start_up = prefect_start_up()
+    with (timed(flows.report, ("load_iteration", "iteration_report")) as reports,
+          timed(flows.self_evolution, ("prepare_corpus",)) as corpus):
+        summary, wall = _run(config, home)
     stages = [s for it in summary["iterations"] for s in it["stages"].values()] + [summary["base"]["stage"]]
     compute = sum(s["compute_seconds"] for s in stages)
     stage_total = sum(s["seconds"] for s in stages)
     tracking = stage_total - compute
-    rest = wall - stage_total
-    rows = [["model compute and I/O", f"{compute:.1f}", f"{100 * compute / wall:.1f}%"],
+    io = reports["seconds"] + corpus["seconds"]
+    prefect = wall - stage_total - io
+    rows = [["model compute and stage I/O", f"{compute:.1f}", f"{100 * compute / wall:.1f}%"],
+            ["reports (reading stage files, plots, pages) and the corpus", f"{io:.1f}", f"{100 * io / wall:.1f}%"],
             ["MLflow tracking (params, metrics, artifacts)", f"{tracking:.1f}", f"{100 * tracking / wall:.1f}%"],
-            ["Prefect, corpus and the rest", f"{rest:.1f}", f"{100 * rest / wall:.1f}%"],
-            ["total (demo preset, 3 iterations)", f"{wall:.1f}", "100%"]]
+            ["Prefect flow and task runs", f"{prefect:.1f}", f"{100 * prefect / wall:.1f}%"],
+            ["**Prefect and MLflow** (target < 5%)", f"{tracking + prefect:.1f}",
+             f"**{100 * (tracking + prefect) / wall:.1f}%**"],
+            [f"total ({preset} preset, {config.iterations} iterations)", f"{wall:.1f}", "100%"],
+            ["Prefect start-up, once per process (ephemeral server; none with `visplay up`)", f"{start_up:.1f}",
+             f"+{100 * start_up / wall:.1f}%"]]
     again, rerun = _run(config, home)
     recomputed = sum(not s["cached"] for it in again["iterations"] for s in it["stages"].values())
-    out = "### Demo preset: where the time goes\n\n" + table(["part", "seconds", "share"], rows)
-    out += ("\n\n### Resume: rerun of the finished demo run\n\n"
+    out = f"### {preset.capitalize()} preset: where the time goes\n\n" + table(["part", "seconds", "share"], rows)
+    out += (f"\n\n### Resume: rerun of the finished {preset} run (target < 15 s, 0 recomputed)\n\n"
             + table(["stages", "recomputed", "seconds"], [[len(stages) - 1, recomputed, f"{rerun:.1f}"]]))
     return out
 
 
 def scaling(home: Path) -> str:
+    """One iteration of the demo preset as images per iteration grow (G = 8), then as G grows (32 images);
+    G is the questions per image everywhere: rollout, the Questioner's GRPO group, candidates."""
     rows = []
-    for images, g in ((4, 4), (8, 4), (16, 4), (8, 8)):
-        config = load_config("smoke", ["iterations=1", f"images_per_iteration={images}", f"corpus_size={max(16, images)}",
-                                       f"group_size={g}", f"questioner.num_generations={g}",
-                                       f"candidates_per_image={g}"])
-        summary, wall = _run(config, home / f"i{images}-g{g}")
-        it = summary["iterations"][0]
-        rows.append([images, g, f"{sum(s['seconds'] for s in it['stages'].values()):.1f}", f"{wall:.1f}"])
-    return "### Scaling: one iteration of the smoke preset\n\n" + table(
-        ["images / iteration", "G", "iteration seconds", "run seconds (with base eval)"], rows)
+    for images, g in ((16, 8), (32, 8), (64, 8), (32, 4), (32, 16)):
+        config = load_config("demo", ["iterations=1", f"images_per_iteration={images}", f"group_size={g}",
+                                      f"questioner.num_generations={g}", f"candidates_per_image={g}"])
+        summary = _run(config, home / f"i{images}-g{g}")[0]
+        stages = summary["iterations"][0]["stages"]
+        rows.append([images, g, *(f"{stages[s]['seconds']:.1f}" for s in ("confidence_scoring", "questioner_grpo",
+                                                                           "candidate_generation", "reasoner_grpo")),
+                     f"{sum(s['seconds'] for s in stages.values()):.1f}"])
+    return "### Scaling: one iteration of the demo preset\n\n" + table(
+        ["images / iteration", "G", "confidence scoring", "questioner GRPO", "candidates", "reasoner GRPO",
+         "iteration seconds"], rows)
 
 
 def machine() -> str:
@@ -113,6 +164,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="throughput,breakdown,scaling")
     parser.add_argument("--write", help="also write the tables to this markdown file")
+    parser.add_argument("--preset", default="demo", help="preset of the breakdown and resume sections")
+    parser.add_argument("--home", help="keep the demo run here (a fresh home; default: a temporary folder), "
+                                       "e.g. to reuse its stages in `visplay experiment --home` afterwards")
     args = parser.parse_args()
     wanted = args.only.split(",")
     sections = [machine()]
@@ -121,7 +175,7 @@ def main() -> int:
             sections.append(throughput())
             print(sections[-1], flush=True)
         if "breakdown" in wanted:
-            sections.append(breakdown_and_resume(Path(tmp) / "demo"))
+            sections.append(breakdown_and_resume(Path(args.home or Path(tmp) / "run"), args.preset))
             print(sections[-1], flush=True)
         if "scaling" in wanted:
             sections.append(scaling(Path(tmp) / "scaling"))
