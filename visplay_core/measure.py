@@ -21,13 +21,14 @@ def _truth(rows: list[dict], scenes: dict[str, world.Scene]) -> list[tuple[dict,
 
 
 def label_accuracy(rows: list[dict], scenes: dict[str, world.Scene]) -> dict:
-    """Oracle validity of the questions and true accuracy of their pseudo-labels."""
+    """Oracle validity of the questions, and the true accuracy of the pseudo-labels of the valid ones;
+    None where there is nothing to judge (no question, or no valid labelled one)."""
     judged = _truth(rows, scenes)
     valid = [(r, t) for r, t in judged if t is not None]
     labelled = [(r, t) for r, t in valid if r.get("pseudo_label") is not None]
     return {
-        "oracle_validity": len(valid) / len(judged) if judged else 0.0,
-        "label_accuracy": sum(answers_match(r["pseudo_label"], t) for r, t in labelled) / len(labelled) if labelled else 0.0,
+        "oracle_validity": len(valid) / len(judged) if judged else None,
+        "label_accuracy": sum(answers_match(r["pseudo_label"], t) for r, t in labelled) / len(labelled) if labelled else None,
         "n": len(judged),
     }
 
