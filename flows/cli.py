@@ -145,7 +145,7 @@ def _bootstrapped_bases(home: Path, steps: list[int]) -> list[str]:
 
     bases = {BootstrapConfig().steps: "base"}
     for n in steps:
-        path = (home / "bases" / f"steps-{n}").resolve()
+        path = home / "bases" / f"steps-{n}"  # as given (relative to here): short arm names
         if not (path / "config.json").exists():
             print(f"bootstrapping a base for {n} steps into {path}")
             bootstrap(path, BootstrapConfig(steps=n))

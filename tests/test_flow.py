@@ -108,3 +108,18 @@ def test_failure_in_iteration_2_resumes_from_that_stage(finished, tmp_path, monk
     client, runs = _stage_runs(tmp_path)
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert [(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]) for r in failed] == [("2", "threshold_filtering")]
+
+
+def test_checkpoint_key_follows_content_not_place_or_sizes(tmp_path):
+    def folder(name, weights):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+        (path / "model.safetensors").write_bytes(weights)
+        return stage_tasks.Checkpoint.of_folder(path)
+
+    first = folder("a", b"\x00" * 64)
+    assert folder("b", b"\x00" * 64).key == first.key  # the same weights elsewhere: the same stages apply
+    assert folder("c", b"\x00" * 63 + b"\x01").key != first.key  # retrained, same sizes: a new key
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        stage_tasks.Checkpoint.of_folder(tmp_path)
