@@ -2,8 +2,8 @@
 one iteration against three, and weaker and stronger bases.
 
 Every arm is an ordinary self-evolution run in one home, so each run is in MLflow and every stage whose
-cache key is unchanged is restored, not recomputed (a sweep over the curation window reuses all the
-Questioner's stages). The comparison is a table of the last iteration's metrics per arm, mean ± spread
+cache key is unchanged is restored, not recomputed (a sweep over the curation window reuses the first
+iteration's Questioner stages; later ones start from a Reasoner the window shaped). The comparison is a table of the last iteration's metrics per arm, mean ± spread
 over seeds, with the base model as the reference row, and a plot of accuracy across iterations.
 """
 
@@ -191,7 +191,9 @@ def accuracy_plot(comparison: dict) -> bytes:
     ax = fig.subplots()
     for row in comparison["arms"]:
         points = [row["base_accuracy"]["mean"], *row["accuracy_by_iteration"]]
-        ax.plot(range(len(points)), points, marker="o", label=row["arm"][:40])
+        label = row["arm"] if len(row["arm"]) <= 48 else "…" + row["arm"][-47:]  # arms differ at the end
+        ax.plot(range(len(points)), points, marker="o", label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("iteration (0 = base)")
     ax.set_ylabel("ShapesBench accuracy")
     ax.legend(fontsize=7)
