@@ -25,7 +25,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from . import prompts
 from .corpus import load_images
-from .io import write_jsonl
+from .io import read_jsonl, write_jsonl
 from .config import TrainingConfig
 from .method import MethodConfig
 from .model import load_model, load_processor, save_checkpoint
@@ -90,24 +90,20 @@ def _peft_config(lora):
                       task_type="CAUSAL_LM")
 
 
-def grpo_trainer(model, processor, rows: Sequence[dict], reward_funcs: list[Callable], *, work_dir: str | Path,
-                 steps: int, learning_rate: float, prompts_per_step: int, num_generations: int, temperature: float,
-                 max_new_tokens: int, save_steps: int, kl_beta: float, seed: int,
-                 reward_weights: list[float] | None = None, engine: str = "hf",
-                 training: TrainingConfig = TrainingConfig(), callbacks: list | None = None) -> GRPOTrainer:
-    """TRL's trainer for ``rows`` (each ``{"prompt", "image", ...}``), configured as the method needs."""
+def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_funcs: list[Callable],
+                 reward_weights: list[float] | None, callbacks: list) -> GRPOTrainer:
+    """TRL's trainer for ``rows`` (each ``{"prompt", "image", ...}``), configured from the job."""
     from datasets import Dataset
 
-    cuda = torch.cuda.is_available()
-    vllm = engine == "vllm"
+    cuda, training = torch.cuda.is_available(), job.training
     args = GRPOConfig(
-        output_dir=str(work_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type="constant",
-        per_device_train_batch_size=prompts_per_step * num_generations, gradient_accumulation_steps=1,
-        num_generations=num_generations, max_completion_length=max_new_tokens, temperature=temperature,
-        top_k=0, top_p=1.0, beta=kl_beta, reward_weights=reward_weights, logging_steps=1,
-        save_strategy="steps", save_steps=save_steps, save_only_model=False, report_to="none",
-        seed=seed, data_seed=seed, use_cpu=not cuda, bf16=cuda, use_vllm=vllm, vllm_mode=training.vllm_mode,
-        vllm_server_base_url=training.vllm_server_base_url,
+        output_dir=job.work_dir, max_steps=job.steps, learning_rate=job.learning_rate, lr_scheduler_type="constant",
+        per_device_train_batch_size=job.prompts_per_step * job.num_generations, gradient_accumulation_steps=1,
+        num_generations=job.num_generations, max_completion_length=job.max_new_tokens, temperature=job.temperature,
+        top_k=0, top_p=1.0, beta=job.kl_beta, reward_weights=reward_weights, logging_steps=1,
+        save_strategy="steps", save_steps=job.save_steps, save_only_model=False, report_to="none",
+        seed=job.seed, data_seed=job.seed, use_cpu=not cuda, bf16=cuda, use_vllm=job.engine == "vllm",
+        vllm_mode=training.vllm_mode, vllm_server_base_url=training.vllm_server_base_url,
         vllm_gpu_memory_utilization=training.vllm_gpu_memory_utilization,
         disable_tqdm=False, dataloader_num_workers=0,
     )
@@ -145,12 +141,7 @@ def run_job(job: GRPOJob) -> list[dict]:
     if job.rows and job.steps:
         pictures = load_images(job.images_folder, sorted({r["image_id"] for r in job.rows}))
         funcs, weights = _reward_funcs(job, pictures)
-        trainer = grpo_trainer(model, processor, _rows(job, pictures), funcs, work_dir=job.work_dir, steps=job.steps,
-                               learning_rate=job.learning_rate, prompts_per_step=job.prompts_per_step,
-                               num_generations=job.num_generations, temperature=job.temperature,
-                               max_new_tokens=job.max_new_tokens, save_steps=job.save_steps, kl_beta=job.kl_beta,
-                               seed=job.seed, reward_weights=weights, engine=job.engine, training=job.training,
-                               callbacks=[history])
+        trainer = grpo_trainer(job, model, processor, _rows(job, pictures), funcs, weights, [history])
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(job.work_dir))
         model = trainer.accelerator.unwrap_model(trainer.model)
         if job.training.lora is not None:
@@ -181,7 +172,7 @@ def launch(job: GRPOJob) -> list[dict]:
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"GRPO {job.role} job failed (exit {code}; {' '.join(command)}); full log: {log}\n{tail}")
-    return [json.loads(line) for line in (Path(job.output) / "history.jsonl").read_text().splitlines() if line]
+    return read_jsonl(Path(job.output) / "history.jsonl")
 
 
 def last_complete_checkpoint(work_dir: str | Path) -> str | None:

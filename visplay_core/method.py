@@ -38,7 +38,7 @@ class MethodConfig(BaseModel):
 
     def questioner_slice(self) -> dict:
         """The fields that define the Questioner's reward: what its stages are cached on (a sweep over
-        the curation window or the Reasoner's reward reuses every Questioner stage)."""
+        the curation window or the Reasoner's reward reuses the first iteration's Questioner stages)."""
         return self.model_dump(exclude={"tau_low", "tau_high", "m_curation", "reasoner_format_weight"})
 
     @model_validator(mode="after")
