@@ -50,7 +50,8 @@ def cmd_eval(args) -> int:
     results = {}
     for name in names:
         try:
-            results[name] = (evaluate_shapes(model, processor, limit=args.limit) if name == "shapes" else
+            results[name] = (evaluate_shapes(model, processor, limit=args.limit, votes=args.votes,
+                                             temperature=args.temperature) if name == "shapes" else
                              evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge))
         except BenchmarkError as e:
             raise SystemExit(f"visplay eval: {e}")
@@ -67,12 +68,19 @@ def cmd_eval(args) -> int:
 
 
 def _shapes_table(scores: dict, path: Path) -> str:
-    lines = [f"ShapesBench ({scores['bench']}), {path}: n={scores['n']}",
-             f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}"]
+    voted = "majority_accuracy" in scores
+    lines = [f"ShapesBench ({scores['bench']}), {path}: n={scores['n']}"
+             + (f", {scores['votes']} votes at temperature {scores['temperature']}" if voted else ""),
+             f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}"
+             + (f" {'pass@1':>7} {'majority':>9} {'headroom':>9} {'entropy':>8}" if voted else "")]
     rows = [*scores["per_kind"].items(), ("overall", scores)]
     for kind, row in rows:
-        lines.append(f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
-                     f"{row['shuffled_image_accuracy']:>9.3f}")
+        line = (f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
+                f"{row['shuffled_image_accuracy']:>9.3f}")
+        if voted:
+            line += (f" {row['pass_at_1']:>7.3f} {row['majority_accuracy']:>9.3f} "
+                     f"{row['majority_accuracy'] - row['accuracy']:>+9.3f} {row['mean_entropy']:>8.3f}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -268,20 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("experiment", help="one of the paper's open checks, as a sweep: thresholds, oracle, "
-                       "iterations, initialization")
-    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization"])
+                       "iterations, initialization, ceiling")
+    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling"])
     p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--home", default=".visplay")
     p.add_argument("--bases", help="initialization: comma-separated base checkpoints (or 'base'), weakest first")
     p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
-                   "bases for these step counts (the shipped base has 5000)")
+                   "bases for these step counts (the shipped base has 4000)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bootstrap", help="rebuild the tiny base VLM from its seed")
     p.add_argument("--output", help="checkpoint folder (default: the shipped checkpoints/tiny-base)")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_bootstrap)
@@ -295,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default ./data/<name>)")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint for MM-Vet's judge (key: $VISPLAY_JUDGE_API_KEY)")
     p.add_argument("--judge-model", help="judge model name (default: the endpoint's first model)")
+    p.add_argument("--votes", type=int, default=0, metavar="M", help="ShapesBench: also sample M answers per item "
+                   "and report pass@1, majority-vote accuracy and token entropy (headroom = majority - greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --votes (default 1.0)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

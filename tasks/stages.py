@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from transformers import set_seed
 
-from visplay_core import selfplay
+from visplay_core import selfplay, world
 from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.benchmarks import evaluate_benchmark
 from visplay_core.evaluate import evaluate_shapes
@@ -92,7 +92,7 @@ def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Pa
               k: int, scorer: ScorerSpec | None = None) -> GRPOJob:
     cfg = ctx.config
     return GRPOJob(role=role, model=model.path, output=str(out), work_dir=str(work), images_folder=images.folder,
-                   rows=rows, **getattr(cfg, role).model_dump(), kl_beta=cfg.kl_beta, seed=cfg.seed + k,
+                   rows=rows, **getattr(cfg, role).model_dump(), seed=cfg.seed + k,
                    method=cfg.method, scorer=scorer, engine=cfg.engine, training=cfg.training,
                    trust_remote_code=cfg.trust_remote_code)
 
@@ -172,7 +172,7 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
                     images: ImageSet, scoring: StageResult) -> StageResult:
     """GRPO on the Questioner: reward = uncertainty of the Reasoner's vote minus the diversity penalty."""
     cfg, role = ctx.config, ctx.config.questioner
-    params = {"role": role.model_dump(), "method": cfg.method.questioner_slice(), "kl_beta": cfg.kl_beta,
+    params = {"role": role.model_dump(), "method": cfg.method.questioner_slice(),
               "lora": cfg.training.lora and cfg.training.lora.model_dump(),
               "reasoner_temperature": cfg.reasoner.temperature, "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens,
               "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
@@ -219,11 +219,13 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
 def threshold_filtering(ctx: RunContext, k: int, run_id: str, candidates: StageResult) -> StageResult:
     """Keep candidates whose confidence lies in [tau_low, tau_high]; the majority answer is the pseudo-label."""
     method = ctx.config.method
-    params = {"tau_low": method.tau_low, "tau_high": method.tau_high}
+    params = {"tau_low": method.tau_low, "tau_high": method.tau_high, "max_label_share": method.max_label_share}
+    # A question's kind is read from its text (the embedded grammar); other corpora have one kind.
+    kind_of = world.question_kind if ctx.config.corpus == "embedded" else (lambda question: None)
 
     def compute(out: Path) -> dict:
         rows = [r for r in read_jsonl(Path(candidates.folder) / "candidates.jsonl") if r["question"] is not None]
-        kept = curate([Candidate(r["image_id"], r["question"], _vote(r)) for r in rows], method)
+        kept = curate([Candidate(r["image_id"], r["question"], _vote(r)) for r in rows], method, kind_of)
         curated = [{"image_id": c.image_id, "question": c.question, "pseudo_label": c.vote.label,
                     "confidence": c.vote.confidence, "votes": c.vote.votes} for c in kept]
         write_jsonl(out / "curated.jsonl", curated)
@@ -238,13 +240,18 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
                   curated: StageResult) -> StageResult:
     """GRPO on the Reasoner: reward 1 when its boxed answer equals the pseudo-label."""
     cfg, role = ctx.config, ctx.config.reasoner
-    params = {"role": role.model_dump(), "kl_beta": cfg.kl_beta, "format_weight": cfg.method.reasoner_format_weight,
+    params = {"role": role.model_dump(), "format_weight": cfg.method.reasoner_format_weight, "ceiling": cfg.ceiling,
               "lora": cfg.training.lora and cfg.training.lora.model_dump(), "seed": cfg.seed}
     work = Path(ctx.home) / "work" / f"reasoner_grpo-{k}-{reasoner.key}-{curated.key}"
 
     def compute(out: Path) -> dict:
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
+        if cfg.ceiling != "off":  # the ceiling arms: true answers in place of pseudo-labels
+            scenes = scenes_by_id(images.truth, Manifest.load(images.folder))
+            rows = (selfplay.oracle_labels(rows, scenes) if cfg.ceiling == "curated" else
+                    selfplay.fresh_questions(scenes, images.ids, role.steps * role.prompts_per_step, cfg.seed + k))
+            data = rows
         history = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
         return {"grpo": history, "steps": role.steps if data else 0, "trained_on": len(data)}
 
@@ -266,7 +273,8 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
     def compute(out: Path) -> dict:
         set_seed(cfg.seed)
         model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
-        results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled)
+        results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled,
+                                         votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)
                    if name == "shapes" else
                    evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit)
                    for name in cfg.eval.benchmarks}
@@ -278,9 +286,11 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
         truth = measure_iteration(files, scenes)
         write_json(out / "eval.json", {**results, **truth})
         shapes = results.get("shapes", {}).get("per_kind", {})
-        return {**{f"{name}_accuracy": r["accuracy"] for name, r in results.items()},
+        return {**{f"{name}_{metric}": r[metric] for name, r in results.items()
+                   for metric in ("accuracy", "pass_at_1", "majority_accuracy", "mean_entropy") if metric in r},
                 **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in shapes.items()},
                 **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
 
     return run_stage(ctx, k, run_id, "benchmark_eval",
                      {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()}}, params, compute)
+

@@ -81,7 +81,7 @@ def test_paper_3b_on_a_saved_tiny_checkpoint(checkpoint):
     assert config.base_model == str(checkpoint)
     assert config.base_model_path == checkpoint
     assert config.corpus == "embedded"
-    assert config.kl_beta == 0.01 and config.engine == "vllm"
+    assert config.questioner.kl_beta == config.reasoner.kl_beta == 0.01 and config.engine == "vllm"
     assert (config.questioner.steps, config.reasoner.steps) == (20, 20)
     assert config.questioner.learning_rate == 1e-6
     assert config.reasoner.max_new_tokens == 1024

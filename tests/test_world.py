@@ -184,7 +184,7 @@ def test_render_puts_each_object_colour_at_its_cell_centre():
         assert image.size == (world.IMAGE_SIZE, world.IMAGE_SIZE) == (112, 112)
         assert image.mode == "RGB"
         for o in scene.objects:
-            assert image.getpixel(_centre(o)) == world.RGB[o.color], (scene, o)
+            assert _colour_at(image, _centre(o)) == o.color, (scene, o)
             checked += 1
         occupied = {(o.row, o.col) for o in scene.objects}
         for r in range(1, world.GRID + 1):
@@ -216,17 +216,38 @@ def test_answer_space_holds_the_answer_and_its_alternatives():
         world.answer_space("purple")
 
 
+def _colour_at(image, xy) -> str:
+    """The colour whose hue range holds the pixel's hue."""
+    hue = world.hue_of(image.getpixel(xy))
+    near = [c for c, h in world.HUE.items() if min(abs(hue - h), 360 - abs(hue - h)) <= world.HUE_JITTER + 0.5]
+    assert len(near) == 1, (hue, near)
+    return near[0]
+
+
+def test_colour_hues_jitter_within_their_range_and_never_overlap():
+    rng = random.Random(0)
+    for colour in world.COLORS:
+        hues = [world.hue_of(world.object_rgb(colour, rng)) for _ in range(300)]
+        offsets = [(h - world.HUE[colour] + 180) % 360 - 180 for h in hues]
+        assert max(abs(o) for o in offsets) <= world.HUE_JITTER + 0.5
+        assert max(offsets) > world.HUE_JITTER / 2 and min(offsets) < -world.HUE_JITTER / 2  # it does vary
+    centres = sorted(world.HUE.values())
+    gaps = [b - a for a, b in zip(centres, centres[1:])] + [360 - centres[-1] + centres[0]]
+    assert min(gaps) > 2 * world.HUE_JITTER  # every colour stays tellable apart
+
+
 def test_render_sizes_differ():
-    # 8 px right of the centre is inside a large square (half side 12, 2 px outline, jitter 1) but outside a small one (7 + 1).
+    # 6 px right of the centre is inside a large square (half side >= 9, less a 2 px outline and 1 px jitter);
+    # 10 px right is outside a small one (half side <= 8, jitter 1).
     scene = Scene((Obj("square", "blue", "large", 1, 1), Obj("square", "red", "small", 3, 3)), background=255)
     for seed in range(10):
         image = world.render(scene, seed=seed)
         large, small = scene.objects
         x, y = _centre(large)
-        assert image.getpixel((x + 8, y)) == world.RGB["blue"]
+        assert _colour_at(image, (x + 6, y)) == "blue"
         x, y = _centre(small)
-        assert image.getpixel((x + 8, y)) != world.RGB["red"]
-        assert image.getpixel((x, y)) == world.RGB["red"]
+        assert image.getpixel((x + 10, y))[1] > 200  # background (its green channel is the grey level)
+        assert _colour_at(image, (x, y)) == "red"
 
 
 def test_describe_lists_objects_in_raster_order():
@@ -306,3 +327,16 @@ def test_reasoning_lists_the_objects_each_question_refers_to():
     assert world.reasoning(scene, "How many small blue objects are there?") == \
         "small blue objects: small blue circle at 2,4; small blue square at 3,1."
     assert world.reasoning(scene, "Why is the sky blue?") is None
+
+
+def test_reasoning_routes_list_the_same_objects_in_different_orders():
+    scene = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("circle", "blue", "small", 3, 1),
+                         world.Obj("circle", "blue", "small", 2, 4)), 240)
+    question = "How many circles are there?"
+    chains = {world.reasoning(scene, question, random.Random(seed)) for seed in range(40)}
+    assert chains == {
+        "circles: large red circle at 1,2; small blue circle at 2,4; small blue circle at 3,1.",  # rows
+        "circles: small blue circle at 3,1; large red circle at 1,2; small blue circle at 2,4.",  # columns
+        "circles: small blue circle at 3,1; small blue circle at 2,4; large red circle at 1,2.",  # rows, from the end
+        "circles: small blue circle at 2,4; large red circle at 1,2; small blue circle at 3,1.",  # columns, from the end
+    }

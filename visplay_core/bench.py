@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from . import world
+from .rewards import majority_vote
 
-VERSION = "shapes-v2"
+VERSION = "shapes-v3"
 SEED = 20251119
 PER_KIND = 200
 # Answers cycled through per kind, so no answer wins from the question text alone.
@@ -51,10 +52,26 @@ def sample_items(seed: int, per_kind: int) -> list[Item]:
     return items
 
 
+SPLITS = {"test": SEED, "validation": SEED + 2}  # SEED + 1 draws the question-only table
+
+
 @lru_cache(maxsize=4)
-def shapes_bench(per_kind: int = PER_KIND) -> tuple[Item, ...]:
-    """The held-out set (version ``VERSION``)."""
-    return tuple(sample_items(SEED, per_kind))
+def shapes_bench(per_kind: int = PER_KIND, split: str = "test") -> tuple[Item, ...]:
+    """The held-out set (version ``VERSION``): ``test`` for claims, ``validation`` (an independent draw
+    of the same distribution) to choose settings on."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown ShapesBench split {split!r} (known: {', '.join(SPLITS)})")
+    return tuple(sample_items(SPLITS[split], per_kind))
+
+
+def training_question(scene: world.Scene, rng: random.Random, balanced: bool = True) -> tuple[str, str, str]:
+    """A (question, answer, kind) to train on: a random kind and, with ``balanced``, an answer drawn
+    uniformly from that kind's ``BALANCED`` answers (the world's own draw favours "yes", "1" and "no"),
+    falling back to any answer, then to any kind, where the scene allows none."""
+    kind = rng.choice(world.KINDS)
+    wanted = rng.choice(BALANCED[kind]) if balanced and kind in BALANCED else None
+    return (world.sample_question(scene, rng, kind=kind, answer=wanted)
+            or world.sample_question(scene, rng, kind=kind) or world.sample_question(scene, rng))
 
 
 @lru_cache(maxsize=1)
@@ -73,24 +90,44 @@ def question_only_answer(question: str, kind: str) -> str:
     return by_question.get(question, by_kind[kind])
 
 
-def score(items, predictions: list[str | None], match) -> dict:
-    """Accuracy overall and per kind, with the question-only baseline beside each."""
-    per_kind: dict[str, dict] = {}
-    for kind in sorted({i.kind for i in items}):
-        idx = [j for j, i in enumerate(items) if i.kind == kind]
-        per_kind[kind] = {
+def score(items, predictions: list[str | None], match, samples: list[list[str | None]] | None = None,
+          entropies: list[list[float]] | None = None) -> dict:
+    """Accuracy overall and per kind, with the question-only baseline beside each.
+
+    With ``samples`` (M sampled answers per item) and their ``entropies``, also ``pass_at_1`` (mean
+    accuracy of single samples), ``majority_accuracy`` (accuracy of the majority vote of the M samples)
+    and ``mean_entropy`` (mean token entropy of the samples): majority − greedy is the headroom that
+    majority-vote self-play can at most distill."""
+
+    def rows(idx: list[int]) -> dict:
+        row = {
             "accuracy": sum(bool(match(predictions[j], items[j].answer)) for j in idx) / len(idx),
-            "question_only_baseline": sum(question_only_answer(items[j].question, kind) == items[j].answer
+            "question_only_baseline": sum(question_only_answer(items[j].question, items[j].kind) == items[j].answer
                                           for j in idx) / len(idx),
             "n": len(idx),
         }
-    n = len(items)
-    return {
-        "accuracy": sum(bool(match(p, i.answer)) for p, i in zip(predictions, items)) / n,
-        "question_only_baseline": sum(question_only_answer(i.question, i.kind) == i.answer for i in items) / n,
-        "n": n,
-        "per_kind": per_kind,
-    }
+        if samples is not None:
+            row.update(sampled_scores([samples[j] for j in idx], [items[j].answer for j in idx], match,
+                                      [entropies[j] for j in idx] if entropies is not None else None))
+        return row
+
+    result = rows(list(range(len(items))))
+    result["per_kind"] = {kind: rows([j for j, i in enumerate(items) if i.kind == kind])
+                          for kind in sorted({i.kind for i in items})}
+    return result
+
+
+def sampled_scores(samples: list[list[str | None]], answers: list[str], match,
+                   entropies: list[list[float]] | None = None) -> dict:
+    """pass@1, majority-vote accuracy and (with ``entropies``) mean token entropy of M samples per question.
+    An unanswered sample is wrong and never wins the vote (``rewards.majority_vote``)."""
+    pass_at_1 = sum(sum(bool(match(a, t)) for a in s) / len(s) for s, t in zip(samples, answers)) / len(answers)
+    majority = sum(bool(match(majority_vote(s).label, t)) for s, t in zip(samples, answers)) / len(answers)
+    out = {"pass_at_1": pass_at_1, "majority_accuracy": majority, "votes": len(samples[0]) if samples else 0}
+    if entropies is not None:
+        flat = [e for per_item in entropies for e in per_item]
+        out["mean_entropy"] = sum(flat) / len(flat)
+    return out
 
 
 def limited(items, limit: int | None):

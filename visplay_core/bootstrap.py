@@ -1,7 +1,8 @@
 """Bootstrap: a short, seeded supervised training that turns a fresh tiny VLM into a base that sees.
 
-It learns both roles from the same prompts self-play will use: as Reasoner it describes the scene
-(raster order, with grid positions) and then boxes the answer; as Questioner it writes one valid question
+It learns both roles from the same prompts self-play will use: as Reasoner it lists the objects the
+question refers to (with grid positions, in a scan order drawn per example: several routes to one
+answer) and then boxes the answer, on questions whose answers are balanced the way ShapesBench's are; as Questioner it writes one valid question
 about the image. Describing first is what makes a small model read the image at all (a mixed
 question-only curriculum learns question priors and lets the vision gradient vanish; see NOTES).
 Image use is measured while training: the completion loss with true images vs with shuffled ones.
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import prompts, world
+from . import bench, prompts, world
 from .evaluate import evaluate_shapes
 from .io import atomic_dir, write_json
 from .model import build_tiny_vlm, save_checkpoint
@@ -26,7 +27,7 @@ from .model import build_tiny_vlm, save_checkpoint
 
 @dataclass(frozen=True)
 class BootstrapConfig:
-    steps: int = 5000
+    steps: int = 4000
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 50
@@ -38,9 +39,12 @@ class BootstrapConfig:
     eval_every: int = 500
     eval_limit: int = 120
     threads: int = 2
+    routes: bool = True  # reasoning in a random scan order per example (False: raster order only)
+    balanced: bool = True  # reasoner questions with answers balanced as ShapesBench's (False: as drawn)
 
 
-def example(rng: random.Random, questioner_share: float, caption_share: float = 0.0):
+def example(rng: random.Random, questioner_share: float, caption_share: float = 0.0, routes: bool = True,
+            balanced: bool = True):
     """One training example: (image, chat messages, target completion, final answer or None).
 
     Three tasks: the Questioner's (one valid question about the image), the Reasoner's (grounded
@@ -54,9 +58,9 @@ def example(rng: random.Random, questioner_share: float, caption_share: float = 
         return image, prompts.questioner_messages(), prompts.format_question(question), None
     if draw < questioner_share + caption_share:
         return image, prompts.caption_messages(), world.describe(scene), None
-    kind = rng.choice(world.KINDS)
-    question, answer, _ = world.sample_question(scene, rng, kind=kind) or world.sample_question(scene, rng)
-    return image, prompts.reasoner_messages(question), prompts.format_answer(world.reasoning(scene, question), answer), answer
+    question, answer, _ = bench.training_question(scene, rng, balanced)
+    chain = world.reasoning(scene, question, rng if routes else None)
+    return image, prompts.reasoner_messages(question), prompts.format_answer(chain, answer), answer
 
 
 def world_texts(n: int, seed: int) -> list[str]:
@@ -140,7 +144,8 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
     model.train()
     bar = tqdm(range(cfg.steps), desc="bootstrap", disable=not progress)
     for step in bar:
-        batch = [example(rng, cfg.questioner_share, cfg.caption_share) for _ in range(cfg.batch_size)]
+        batch = [example(rng, cfg.questioner_share, cfg.caption_share, cfg.routes, cfg.balanced)
+                 for _ in range(cfg.batch_size)]
         loss = completion_loss(model, processor, batch, cfg.emphasis)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -32,6 +32,13 @@ class RoleConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="sampling temperature of rollouts")
     max_new_tokens: int = Field(48, ge=1)
     save_steps: int = Field(5, ge=1, description="GRPO trainer checkpoint every N steps (resume inside a stage)")
+    kl_beta: float = Field(0.0, ge=0, description="GRPO KL coefficient (0: no reference model)")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field("constant", description="learning-rate decay")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantages divided by the reward std of the group, of the batch, or not at all")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL's GRPO loss aggregation")
+    freeze_vision: bool = Field(False, description="train the language model only; the vision tower stays fixed")
 
 
 class LoraSettings(BaseModel):
@@ -63,6 +70,10 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     limit: int | None = Field(None, ge=6, description="ShapesBench items per evaluation (all when unset)")
     shuffled: bool = Field(False, description="also score ShapesBench with shuffled images (doubles its time)")
+    split: Literal["test", "validation"] = Field(
+        "test", description="ShapesBench items: test (claims) or validation (an independent draw to tune on)")
+    votes: int = Field(0, ge=0, description="also sample M answers per ShapesBench item at the Reasoner's "
+                       "temperature: pass@1, majority-vote accuracy, token entropy (0: greedy only)")
     benchmarks: list[str] = Field(default_factory=lambda: ["shapes"], min_length=1,
                                   description="shapes, mmmu, mm-vet, realworldqa, visnumbench, mathverse, "
                                               "math-vision, hallusionbench")
@@ -100,10 +111,13 @@ class VisPlayConfig(BaseModel):
     method: MethodConfig = Field(default_factory=MethodConfig)
     questioner: RoleConfig = Field(default_factory=lambda: RoleConfig(max_new_tokens=32))
     reasoner: RoleConfig = Field(default_factory=RoleConfig)
-    kl_beta: float = Field(0.0, ge=0, description="GRPO KL coefficient (0: no reference model)")
     oracle_reasoner_error: float | None = Field(
         None, ge=0, le=1, description="embedded world only: vote with an oracle Reasoner that answers from the "
         "scene, wrong at this rate (the paper's sanity check); unset: the Reasoner model votes")
+    ceiling: Literal["off", "curated", "fresh"] = Field(
+        "off", description="embedded world only, the ceiling arms: the Reasoner trains on the oracle's true answers "
+        "to the curated questions (curated) or to fresh world questions, steps × prompts_per_step of them (fresh), "
+        "instead of pseudo-labels: the most any labeller could give")
     engine: Literal["hf", "vllm"] = Field("hf", description="generation engine for rollouts and scoring")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -119,6 +133,13 @@ class VisPlayConfig(BaseModel):
             return MethodConfig.model_validate({**method_preset(rest.pop("preset")).model_dump(), **rest})
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kl_beta" in data:
+            raise ValueError("kl_beta is a setting of each role now: questioner.kl_beta and reasoner.kl_beta")
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "VisPlayConfig":
         if self.corpus != "embedded" and not self.corpus.startswith("datasets:") and not Path(self.corpus).exists():
@@ -128,6 +149,8 @@ class VisPlayConfig(BaseModel):
         accelerate_config = self.training.accelerate_config
         if accelerate_config and not Path(accelerate_config).exists():
             raise ValueError(f"training.accelerate_config: {accelerate_config!r} does not exist")
+        if self.ceiling != "off" and self.corpus != "embedded":
+            raise ValueError("ceiling: the oracle's answers need the scenes of the embedded corpus")
         if self.oracle_reasoner_error is not None and self.corpus != "embedded":
             raise ValueError("oracle_reasoner_error: an oracle Reasoner needs the scenes of the embedded corpus")
         if self.questioner.num_generations != self.group_size:
@@ -198,5 +221,6 @@ def _explain(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"]) or "config"
-        lines.append(f"{key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""))
+        shown = err["type"] != "extra_forbidden" and err["loc"]  # not the whole config for a config-wide error
+        lines.append(f"{key}: {err['msg']}" + (f" (got {err['input']!r})" if shown else ""))
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -19,11 +19,13 @@ def chat_texts(processor, conversations: Sequence[list[dict]]) -> list[str]:
 @torch.inference_mode()
 def generate(model, processor, images: Sequence[Image.Image], conversations: Sequence[list[dict]], *,
              n: int = 1, temperature: float = 1.0, max_new_tokens: int = 48, batch_size: int = 32,
-             seed: int | None = None) -> list[list[str]]:
+             seed: int | None = None, with_entropy: bool = False):
     """``n`` completions for each (image, conversation); greedy when ``temperature`` is 0.
 
     An entry of ``images`` may also be a list of images (several, or none for a text-only prompt), one
-    per ``{"type": "image"}`` in its conversation.
+    per ``{"type": "image"}`` in its conversation. With ``with_entropy`` it returns ``(completions,
+    entropies)``: beside each completion the mean entropy (nats) of the distribution its tokens were
+    drawn from (after temperature), over its tokens up to and including the end of sequence (padding after it left out).
     """
     if len(images) != len(conversations):
         raise ValueError(f"{len(images)} images for {len(conversations)} prompts")
@@ -35,7 +37,10 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
                    pad_token_id=processor.tokenizer.pad_token_id)
     if sampling:
         options.update(temperature=temperature, top_k=0, top_p=1.0)
+    if with_entropy:
+        options.update(output_scores=True, return_dict_in_generate=True)
     results: list[list[str]] = []
+    entropies: list[list[float]] = []
     per_batch = max(1, batch_size // n)
     for start in range(0, len(texts), per_batch):
         batch_images = list(images[start:start + per_batch])
@@ -44,9 +49,23 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
         batch = processor(text=texts[start:start + per_batch], images=batch_images,
                           return_tensors="pt", padding=True).to(model.device)
         out = model.generate(**batch, **options)
-        decoded = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        sequences = out.sequences if with_entropy else out
+        new_tokens = sequences[:, batch["input_ids"].shape[1]:]
+        decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
         results.extend(decoded[i:i + n] for i in range(0, len(decoded), n))
-    return results
+        if with_entropy:
+            means = mean_token_entropy(torch.stack(out.scores, dim=1), new_tokens, processor.tokenizer.pad_token_id)
+            entropies.extend(means[i:i + n] for i in range(0, len(means), n))
+    return (results, entropies) if with_entropy else results
+
+
+def mean_token_entropy(scores: torch.Tensor, tokens: torch.Tensor, pad_token_id: int) -> list[float]:
+    """Per sequence, the mean entropy of the softmax of ``scores`` (batch × steps × vocab: the logits each
+    token was drawn from) over its generated tokens; the padding after a finished sequence is left out."""
+    logp = torch.log_softmax(scores.float(), dim=-1)
+    entropy = -(logp.exp() * torch.nan_to_num(logp, neginf=0.0)).sum(-1)
+    mask = (torch.cumsum(tokens == pad_token_id, dim=1) == 0).float()  # the padding after the end is out
+    return ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
 
 
 def make_engine(path: str, engine: str = "hf", trust_remote_code: bool = False, seed: int = 0):

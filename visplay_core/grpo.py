@@ -64,6 +64,11 @@ class GRPOJob(BaseModel):
     max_new_tokens: int
     save_steps: int
     kl_beta: float
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    scale_rewards: str = "group"
+    loss_type: str = "dapo"
+    freeze_vision: bool = False
     seed: int
     method: MethodConfig
     scorer: ScorerSpec | None = None
@@ -97,7 +102,9 @@ def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_fu
 
     cuda, training = torch.cuda.is_available(), job.training
     args = GRPOConfig(
-        output_dir=job.work_dir, max_steps=job.steps, learning_rate=job.learning_rate, lr_scheduler_type="constant",
+        output_dir=job.work_dir, max_steps=job.steps, learning_rate=job.learning_rate,
+        lr_scheduler_type=job.lr_scheduler, warmup_steps=job.warmup_steps, scale_rewards=job.scale_rewards,
+        loss_type=job.loss_type,
         per_device_train_batch_size=job.prompts_per_step * job.num_generations, gradient_accumulation_steps=1,
         num_generations=job.num_generations, max_completion_length=job.max_new_tokens, temperature=job.temperature,
         top_k=0, top_p=1.0, beta=job.kl_beta, reward_weights=reward_weights, logging_steps=1,
@@ -107,8 +114,22 @@ def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_fu
         vllm_gpu_memory_utilization=training.vllm_gpu_memory_utilization,
         disable_tqdm=False, dataloader_num_workers=0,
     )
+    if job.freeze_vision:
+        freeze_vision_tower(model)
     return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
                        processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop gradients into the vision tower (Qwen2.5-VL's ``model.visual``); returns how many parameters."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".visual." in f".{name}":
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if not frozen:
+        raise ValueError("freeze_vision: this model has no vision tower named 'visual'")
+    return frozen
 
 
 def _reward_funcs(job: GRPOJob, pictures: dict) -> tuple[list[Callable], list[float] | None]:

@@ -30,6 +30,9 @@ class MethodConfig(BaseModel):
     bleu_distance_threshold: float = Field(0.5, ge=0, le=1, description="clustering cut on 1 - BLEU/100")
     tau_low: float = Field(0.25, description="lowest confidence a curated question may have")
     tau_high: float = Field(0.75, description="highest confidence a curated question may have")
+    max_label_share: float | None = Field(
+        None, gt=0, le=1, description="curation keeps at most this share of one pseudo-label among the curated "
+        "questions of a kind (label-free: reads only pseudo-labels); unset: no cap")
     m_questioner: int = Field(10, ge=1, description="Reasoner samples per question to reward the Questioner")
     m_curation: int = Field(10, ge=1, description="Reasoner samples per question to curate")
     reasoner_format_weight: float = Field(
@@ -39,7 +42,7 @@ class MethodConfig(BaseModel):
     def questioner_slice(self) -> dict:
         """The fields that define the Questioner's reward: what its stages are cached on (a sweep over
         the curation window or the Reasoner's reward reuses the first iteration's Questioner stages)."""
-        return self.model_dump(exclude={"tau_low", "tau_high", "m_curation", "reasoner_format_weight"})
+        return self.model_dump(exclude={"tau_low", "tau_high", "m_curation", "reasoner_format_weight", "max_label_share"})
 
     @model_validator(mode="after")
     def _check_window(self) -> MethodConfig:

@@ -130,17 +130,47 @@ def in_window(c: float, method: MethodConfig) -> bool:
     return method.tau_low <= c <= method.tau_high
 
 
-def curate(candidates: Iterable[Candidate], method: MethodConfig) -> list[Candidate]:
+def curate(candidates: Iterable[Candidate], method: MethodConfig,
+           kind_of: Callable[[str], Hashable] = lambda question: None) -> list[Candidate]:
     """The candidates that make the Reasoner's training set, in order: those with a pseudo-label and
     a confidence in the window, keeping the first of each (image, question) pair, where questions
-    that differ only in case or whitespace count as the same."""
+    that differ only in case or whitespace count as the same; with ``method.max_label_share``, then
+    capped so no pseudo-label holds more than that share of its question kind (``kind_of``)."""
     kept: dict[tuple[str, str], Candidate] = {}
     for candidate in candidates:
         if candidate.vote.label is None or not in_window(candidate.vote.confidence, method):
             continue
         key = (candidate.image_id, " ".join(candidate.question.lower().split()))
         kept.setdefault(key, candidate)
-    return list(kept.values())
+    curated = list(kept.values())
+    if method.max_label_share is None:
+        return curated
+    return cap_label_share(curated, lambda c: c.vote.label, lambda c: kind_of(c.question), method.max_label_share)
+
+
+def label_cap(counts: Sequence[int], max_share: float) -> int:
+    """The largest t such that keeping min(count, t) rows of each label leaves no label above ``max_share``
+    of the rows kept: t ≤ max_share × Σ min(count, t). 0 when no t > 0 can (e.g. a single label)."""
+    for t in range(max(counts, default=0), 0, -1):
+        if t <= max_share * sum(min(c, t) for c in counts) + 1e-9:
+            return t
+    return 0
+
+
+def cap_label_share(rows: Sequence, label_of: Callable, kind_of: Callable, max_share: float) -> list:
+    """``rows`` in order, keeping within each kind the first ``label_cap`` rows of each label."""
+    by_kind: dict[Hashable, Counter] = defaultdict(Counter)
+    for row in rows:
+        by_kind[kind_of(row)][label_of(row)] += 1
+    caps = {kind: label_cap(list(counts.values()), max_share) for kind, counts in by_kind.items()}
+    taken: Counter = Counter()
+    out = []
+    for row in rows:
+        key = (kind_of(row), label_of(row))
+        if taken[key] < caps[key[0]]:
+            taken[key] += 1
+            out.append(row)
+    return out
 
 
 def reasoner_reward(completion: str, pseudo_label: str, method: MethodConfig) -> float:

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
-from . import prompts, world
+from . import bench, prompts, world
 from .answers import extract_answer, extract_question
 from .generation import make_engine
 from .rewards import Vote, majority_vote
@@ -96,3 +96,21 @@ def score_rows(scorer: ConfidenceScorer, images: Mapping[str, Image.Image], rows
     votes = scorer.votes([images[r["image_id"]] for r in rows], [r["question"] for r in rows])
     return [{**r, "pseudo_label": v.label if v else None, "confidence": v.confidence if v else None,
              "votes": v.votes if v else {}, "m": scorer.m} for r, v in zip(rows, votes)]
+
+
+def oracle_labels(rows: list[dict], scenes: dict[str, world.Scene]) -> list[dict]:
+    """``rows`` with the oracle's true answer as label; questions not valid for their image are dropped."""
+    labelled = [{**r, "pseudo_label": world.oracle(scenes[r["image_id"]], r["question"])} for r in rows]
+    return [r for r in labelled if r["pseudo_label"] is not None]
+
+
+def fresh_questions(scenes: dict[str, world.Scene], image_ids: list[str], n: int, seed: int) -> list[dict]:
+    """``n`` fresh world questions (answers balanced as ShapesBench's) on the iteration's images, with
+    their true answers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        image_id = rng.choice(image_ids)
+        question, answer, _ = bench.training_question(scenes[image_id], rng)
+        rows.append({"image_id": image_id, "question": question, "pseudo_label": answer})
+    return rows

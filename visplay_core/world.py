@@ -14,6 +14,7 @@ grammar from the scene (or says it is not a valid question) and is used only to 
 
 from __future__ import annotations
 
+import colorsys
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -28,8 +29,13 @@ SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow")
 SIZES = ("small", "large")
 MAX_OBJECTS = 4
-RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
-PIXELS = {"small": 14, "large": 24}
+# Each object's colour is drawn around its colour's hue (degrees) and each size is a range of sides (px), so
+# perception is graded, not a lookup: red and yellow lie 52 degrees apart and a jitter of 16 leaves 20 degrees
+# between their extremes; sizes leave 2 px between their ranges. A small model errs near those borders
+# (calibrated uncertainty, room to learn) while every object keeps one true colour and size.
+HUE = {"red": 0.0, "yellow": 52.0, "green": 125.0, "blue": 225.0}
+HUE_JITTER = 16.0
+SIDES = {"small": (10, 16), "large": (18, 24)}
 LANDMARK = 10  # tint step per grid column (red channel) and row (blue channel)
 OUTLINE = (20, 20, 20)  # a dark outline shows each shape's contour whatever its color
 KINDS = ("attribute", "exists", "count", "count2", "compare", "spatial")
@@ -81,11 +87,11 @@ def render(scene: Scene, seed: int = 0) -> Image.Image:
         x, y, d = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE), rng.randint(8, 20)
         draw.point((x, y), fill=(bg - d, bg - d, bg - d))
     for o in scene.objects:
-        half = PIXELS[o.size] // 2
+        half = rng.randint(*SIDES[o.size]) // 2
         cx = (o.col - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
         cy = (o.row - 1) * CELL + CELL // 2 + rng.randint(-1, 1)
         box = (cx - half, cy - half, cx + half, cy + half)
-        style = {"fill": RGB[o.color], "outline": OUTLINE, "width": 2}
+        style = {"fill": object_rgb(o.color, rng), "outline": OUTLINE, "width": 2}
         if o.shape == "circle":
             draw.ellipse(box, **style)
         elif o.shape == "square":
@@ -93,6 +99,19 @@ def render(scene: Scene, seed: int = 0) -> Image.Image:
         else:
             draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], **style)
     return image
+
+
+def object_rgb(color: str, rng: random.Random) -> tuple[int, int, int]:
+    """One drawing of ``color``: its hue jittered by up to ``HUE_JITTER`` degrees, saturation and value
+    varied."""
+    hue = (HUE[color] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360 / 360
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95))
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def hue_of(rgb: tuple[int, int, int]) -> float:
+    """The hue of an RGB pixel, in degrees."""
+    return colorsys.rgb_to_hsv(*(v / 255 for v in rgb))[0] * 360
 
 
 def _phrase(o: Obj) -> str:
@@ -188,21 +207,34 @@ def parse_question(question: str) -> tuple[str, Callable[..., "str | None"], dic
     return None
 
 
-def reasoning(scene: Scene, question: str) -> str | None:
+SCAN_ORDERS = {
+    "rows": lambda o: (o.row, o.col),
+    "columns": lambda o: (o.col, o.row),
+    "rows from the end": lambda o: (-o.row, -o.col),
+    "columns from the end": lambda o: (-o.col, -o.row),
+}
+
+
+def reasoning(scene: Scene, question: str, rng: random.Random | None = None) -> str | None:
     """The grounded reasoning before an answer: every object the question refers to, group by group
     ("red circles: large red circle at 1,2. squares: none."), from which the answer follows directly.
-    None for a question outside the grammar."""
+    None for a question outside the grammar.
+
+    Without ``rng`` the objects are listed in raster order; with it, in one of ``SCAN_ORDERS`` drawn per
+    chain (rows or columns, from either end): several valid routes to the same answer, so chains sampled
+    from a model taught on them differ in the order they look at objects, and so in their mistakes."""
     parsed = parse_question(question)
     if parsed is None:
         return None
     slots = parsed[2]
+    order = SCAN_ORDERS[rng.choice(list(SCAN_ORDERS)) if rng else "rows"]
     groups = []
     for suffix in ("", "2"):
         attrs = {a: slots[a + suffix] for a in ("size", "color", "shape") if a + suffix in slots}
         if attrs:
             noun = attrs["shape"] + "s" if "shape" in attrs else "objects"
             label = " ".join([attrs[a] for a in ("size", "color") if a in attrs] + [noun])
-            found = sorted(_matching(scene, **attrs), key=lambda o: (o.row, o.col))
+            found = sorted(_matching(scene, **attrs), key=order)
             groups.append(f"{label}: {'; '.join(_phrase(o) for o in found) or 'none'}.")
     return " ".join(groups)
 

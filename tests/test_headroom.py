@@ -1,0 +1,104 @@
+"""Headroom as a measurement: pass@1, majority-vote accuracy and token entropy of sampled answers, beside
+greedy accuracy, on ShapesBench (pure arithmetic by hand, then the real tiny model and the command line)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from visplay_core import bench
+from visplay_core.answers import answers_match
+from visplay_core.config import BASE_CHECKPOINT
+from visplay_core.evaluate import evaluate_shapes
+from visplay_core.generation import generate, mean_token_entropy
+from visplay_core.model import load_model, load_processor
+
+
+def test_sampled_scores_by_hand():
+    samples = [["yes", "yes", "no"], ["2", None, "1"], ["red", "red", "red"]]
+    answers = ["yes", "1", "blue"]
+    out = bench.sampled_scores(samples, answers, answers_match, [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.0, 0.0, 0.0]])
+    assert out["pass_at_1"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
+    # item 1: "yes" wins, right; item 2: "2" and "1" tie, the first seen ("2") wins, wrong; item 3: wrong.
+    assert out["majority_accuracy"] == pytest.approx(1 / 3)
+    assert out["mean_entropy"] == pytest.approx(2.1 / 9)
+    assert out["votes"] == 3
+
+
+def test_an_unanswered_majority_is_wrong():
+    out = bench.sampled_scores([[None, None, "yes"]], ["yes"], answers_match)
+    assert out["majority_accuracy"] == 1.0 and out["pass_at_1"] == pytest.approx(1 / 3)
+    assert bench.sampled_scores([[None, None]], ["yes"], answers_match)["majority_accuracy"] == 0.0
+    assert "mean_entropy" not in bench.sampled_scores([["yes"]], ["yes"], answers_match)
+
+
+def test_score_reports_headroom_per_kind():
+    items = [bench.Item(None, 0, "Is there a red circle?", "yes", "exists"),
+             bench.Item(None, 0, "How many circles are there?", "2", "count")]
+    result = bench.score(items, ["no", "2"], answers_match, samples=[["yes", "yes", "no"], ["1", "1", "2"]],
+                         entropies=[[0.5] * 3, [1.0] * 3])
+    assert result["accuracy"] == 0.5 and result["majority_accuracy"] == 0.5
+    exists, count = result["per_kind"]["exists"], result["per_kind"]["count"]
+    assert (exists["accuracy"], exists["majority_accuracy"], exists["pass_at_1"]) == (0.0, 1.0, pytest.approx(2 / 3))
+    assert (count["accuracy"], count["majority_accuracy"], count["pass_at_1"]) == (1.0, 0.0, pytest.approx(1 / 3))
+    assert exists["mean_entropy"] == 0.5 and count["mean_entropy"] == 1.0
+    assert result["mean_entropy"] == pytest.approx(0.75)
+
+
+def test_mean_token_entropy_by_hand():
+    # Two sequences, three steps, vocabulary of 3 (token 0 is padding).
+    scores = torch.tensor([
+        [[0.0, 0.0, -1e9], [-1e9, 0.0, -1e9], [0.0, 0.0, 0.0]],   # uniform over 2, certain, uniform over 3
+        [[-1e9, 0.0, -1e9], [0.0, 0.0, -1e9], [0.0, 0.0, 0.0]],   # certain, uniform over 2, then padding
+    ])
+    tokens = torch.tensor([[1, 2, 1], [2, 0, 0]])
+    first, second = mean_token_entropy(scores, tokens, pad_token_id=0)
+    assert first == pytest.approx((math.log(2) + 0 + math.log(3)) / 3, rel=1e-5)
+    assert second == pytest.approx(0.0, abs=1e-6)  # only its first token counts, and it was certain
+    scores[1, 0] = torch.tensor([0.0, 0.0, 0.0])
+    assert mean_token_entropy(scores, tokens, 0)[1] == pytest.approx(math.log(3), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(BASE_CHECKPOINT), load_processor(BASE_CHECKPOINT)
+
+
+def test_generation_reports_entropy_of_each_sample(tiny):
+    model, processor = tiny
+    items = bench.limited(bench.shapes_bench(), 1)[:3]
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": i.question}]}] for i in items]
+    texts, entropies = generate(model, processor, [i.image() for i in items], messages, n=4, temperature=1.0,
+                                max_new_tokens=24, seed=0, with_entropy=True)
+    assert [len(t) for t in texts] == [len(e) for e in entropies] == [4, 4, 4]
+    assert all(e >= 0 for per_item in entropies for e in per_item)
+    hot = generate(model, processor, [i.image() for i in items], messages, n=4, temperature=3.0, max_new_tokens=24,
+                   seed=0, with_entropy=True)[1]
+    assert sum(map(sum, hot)) > sum(map(sum, entropies))  # a hotter distribution has more entropy
+
+
+def test_evaluate_shapes_with_votes_on_both_splits(tiny):
+    model, processor = tiny
+    result = evaluate_shapes(model, processor, limit=12, shuffled=False, votes=3, batch_size=24)
+    assert result["n"] == 12 and result["votes"] == 3 and result["temperature"] == 1.0
+    for row in [result, *result["per_kind"].values()]:
+        assert {"accuracy", "pass_at_1", "majority_accuracy", "mean_entropy"} <= row.keys()
+        assert 0 <= row["pass_at_1"] <= 1 and 0 <= row["majority_accuracy"] <= 1 and row["mean_entropy"] >= 0
+    validation = evaluate_shapes(model, processor, limit=12, shuffled=False, split="validation")
+    assert validation["bench"] == f"{bench.VERSION}/validation" and "majority_accuracy" not in validation
+    test_questions = {(i.question, i.image_seed) for i in bench.shapes_bench()}
+    assert not test_questions & {(i.question, i.image_seed) for i in bench.shapes_bench(split="validation")}
+    with pytest.raises(ValueError, match="unknown ShapesBench split"):
+        bench.shapes_bench(split="train")
+
+
+def test_eval_command_prints_headroom(capsys):
+    from flows.cli import main
+
+    assert main(["eval", "--model", "base", "--limit", "6", "--votes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["votes"] == 2 and set(result["per_kind"]) == set(bench.BALANCED) | {"attribute"}
+    assert main(["eval", "--model", "base", "--limit", "6", "--votes", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "headroom" in table and "majority" in table and "2 votes at temperature 1.0" in table
