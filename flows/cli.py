@@ -29,10 +29,14 @@ def cmd_bootstrap(args) -> int:
     from visplay_core.config import BASE_CHECKPOINT
 
     output = Path(args.output) if args.output else BASE_CHECKPOINT
-    log = bootstrap(output, BootstrapConfig(steps=args.steps, seed=args.seed, threads=args.threads))
+    if args.init:
+        _model_path(args.init)
+    log = bootstrap(output, BootstrapConfig(steps=args.steps, seed=args.seed, threads=args.threads, lr=args.lr,
+                                            init=args.init and str(_model_path(args.init))))
     final = log["final"]
     print(f"saved {output} after {log['seconds']:.0f} s: accuracy {final['accuracy']:.3f}, "
-          f"question-only {final['question_only_baseline']:.3f}, shuffled images {final['shuffled_image_accuracy']:.3f}")
+          f"question-only {final['question_only_baseline']:.3f}, shuffled images {final['shuffled_image_accuracy']:.3f}, "
+          f"majority of {final['votes']} {final['majority_accuracy']:.3f}")
     return 0
 
 
@@ -292,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine)")
+    p.add_argument("--init", help="continue from this checkpoint ('base' for the shipped one) instead of a fresh "
+                   "model: the control that asks whether more true-answer steps still gain")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("eval", help="score a model on a benchmark")

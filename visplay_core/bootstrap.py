@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import bench, prompts, world
 from .evaluate import evaluate_shapes
 from .io import atomic_dir, write_json
-from .model import build_tiny_vlm, save_checkpoint
+from .model import build_tiny_vlm, load_model, load_processor, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,10 @@ class BootstrapConfig:
     probe_every: int = 100
     eval_every: int = 500
     eval_limit: int = 120
+    final_votes: int = 10  # the final evaluation also samples this many answers per item (headroom)
+    final_limit: int | None = None  # items of the final evaluation (all 1,200 when None)
     threads: int = 2
+    init: str | None = None  # continue from this checkpoint instead of a fresh model (the capacity control)
     routes: bool = True  # reasoning in a random scan order per example (False: raster order only)
     balanced: bool = True  # reasoner questions with answers balanced as ShapesBench's (False: as drawn)
 
@@ -134,7 +137,10 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
     """Train the tiny base from scratch and save it (atomically) to ``output``; returns its log."""
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
-    model, processor = build_tiny_vlm(world_texts(4000, cfg.seed), seed=cfg.seed)
+    if cfg.init:
+        model, processor = load_model(cfg.init, dtype=torch.float32).train(), load_processor(cfg.init)
+    else:
+        model, processor = build_tiny_vlm(world_texts(4000, cfg.seed), seed=cfg.seed)
     rng = random.Random(cfg.seed + 1)
     probe = [example(random.Random(10_000 + i), cfg.questioner_share, cfg.caption_share) for i in range(64)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -163,7 +169,7 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
             log["evals"].append({"step": step + 1, **_brief(scores)})
             tqdm.write(f"step {step + 1}: {_brief(scores)}")
     model.eval()
-    log["final"] = evaluate_shapes(model, processor)
+    log["final"] = evaluate_shapes(model, processor, limit=cfg.final_limit, votes=cfg.final_votes)
     log["seconds"] = time.time() - start
     with atomic_dir(output) as tmp:
         save_checkpoint(model, processor, tmp)
