@@ -28,7 +28,7 @@ def items_of(name, **kw):
 def test_every_benchmark_has_an_adapter_and_a_fixture():
     assert set(B.ADAPTERS) == set(ROWS)
     assert B.get_adapter("MMVet").name == "mm-vet" and B.get_adapter("math_vision").name == "math-vision"
-    with pytest.raises(BenchmarkError, match="known: mmmu"):
+    with pytest.raises(BenchmarkError, match="known: hallusionbench, mathverse, math-vision, mmmu, mm-vet, "):
         B.get_adapter("mmlu")
 
 
@@ -55,10 +55,15 @@ def test_mmmu_options_are_lettered_and_all_images_attached():
 
 
 def test_visnumbench_marked_options_become_lettered_lines():
-    angle, quantity, length = items_of("visnumbench")
+    angle, scale, length = items_of("visnumbench")
     assert "\nA. 30\nB. 45\nC. 90\nD. 120\n" in angle.question and angle.answer == "C"
     assert "C. the green bar" in length.question and length.answer == "A" and length.letters == "ABC"
     assert angle.group["category"] == "Angle"
+
+
+def test_visnumbench_ids_repeated_across_its_synthetic_and_real_parts_are_made_unique():
+    ids = [i.id for i in items_of("visnumbench")]
+    assert ids == ["Synthetic/angle_0001_Angle", "Synthetic/77_Scale", "Real/77_Scale"]
 
 
 def test_questions_that_list_their_options_keep_them_once():
@@ -101,7 +106,7 @@ def test_parse_options_forms():
 def test_a_parquet_file_a_save_to_disk_folder_and_a_dataset_dict_load_alike(tmp_path):
     import datasets
 
-    file = FIXTURES / "mmmu" / "validation-00000-of-00001.parquet"
+    [file] = (FIXTURES / "mmmu" / "data").glob("validation-*.parquet")
     expected = [i.id for i in items_of("mmmu")]
     assert [i.id for i in load_items("mmmu", file)] == expected
     dataset = datasets.Dataset.from_parquet(str(file), cache_dir=str(tmp_path / "cache"))
@@ -114,12 +119,56 @@ def test_a_parquet_file_a_save_to_disk_folder_and_a_dataset_dict_load_alike(tmp_
         load_items("mmmu", tmp_path / "dict", split="dev")
 
 
+def test_split_files_are_named_exactly_after_the_split():
+    names = ["testmini.parquet", "testmini_text_only.parquet", "data/test-00000-of-00001-7b3f.parquet",
+             "data/testmini-00000-of-00001-2e8c.parquet", "data/test.parquet", "test_b-00000.parquet"]
+    files = [Path(n) for n in names]
+    assert [str(f) for f in B.split_files(files, "testmini")] == ["testmini.parquet",
+                                                                   "data/testmini-00000-of-00001-2e8c.parquet"]
+    assert [str(f) for f in B.split_files(files, "test")] == ["data/test-00000-of-00001-7b3f.parquet",
+                                                               "data/test.parquet"]
+    assert B.split_files(files, "testmini_text_only") == [Path("testmini_text_only.parquet")]
+
+
 def test_a_hub_snapshot_folder_reads_only_its_split(tmp_path):
-    shutil.copytree(FIXTURES / "mmmu", tmp_path / "data")
-    shutil.copy(FIXTURES / "realworldqa" / "test-00000-of-00001.parquet", tmp_path / "data" / "test-00000.parquet")
-    assert len(load_items("mmmu", tmp_path)) == 4  # validation-* only
+    """Other splits and configs beside the split read are left alone (MathVerse's text-only config,
+    MATH-Vision's testmini, a subset of test), and a folder without the split says what it has."""
+    mathverse = items_of("mathverse")
+    assert len(mathverse) == 4 and all(i.images for i in mathverse)
+    assert [i.id for i in items_of("math-vision")] == ["1", "2", "3"]
+    assert [i.id for i in items_of("math-vision", split="testmini")] == ["2"]
+    assert [i.id for i in items_of("mmmu", split="dev")] == ["dev_Math_1"]
+    text_only = items_of("mathverse", split="testmini_text_only")
+    assert len(text_only) == 2 and not any(i.images for i in text_only)
+    with pytest.raises(BenchmarkDataError, match=r"mmmu: no parquet file of split 'train' at .*mmmu \(has: "
+                                                 r"data/dev-00000-of-00001-0f4e9d2c7b6a1e3d.parquet, "):
+        items_of("mmmu", split="train")
+    shutil.copytree(FIXTURES / "mmmu", tmp_path / "mmmu")
+    shutil.copy(next((FIXTURES / "realworldqa" / "data").glob("test-*")), tmp_path / "mmmu" / "test-00000.parquet")
     with pytest.raises(BenchmarkDataError, match=r"mmmu: data at .*test-00000.parquet lacks column\(s\) id"):
-        load_items("mmmu", tmp_path, split="test")
+        load_items("mmmu", tmp_path / "mmmu", split="test")
+
+
+def test_a_snapshot_of_mmmu_with_one_folder_per_subject_reads_every_subject(tmp_path):
+    """MMMU/MMMU keeps each subject in its own folder: ``<Subject>/validation-00000-of-00001.parquet``."""
+    import pyarrow.parquet as pq
+
+    [file] = (FIXTURES / "mmmu" / "data").glob("validation-*.parquet")
+    table = pq.read_table(file)
+    for subject, rows in [("Art_Theory", table.slice(0, 2)), ("Math", table.slice(2, 2))]:
+        (tmp_path / subject).mkdir()
+        pq.write_table(rows, tmp_path / subject / "validation-00000-of-00001.parquet")
+        pq.write_table(rows.slice(0, 1), tmp_path / subject / "dev-00000-of-00001.parquet")
+    assert [i.id for i in load_items("mmmu", tmp_path)] == [i.id for i in items_of("mmmu")]
+
+
+def test_repeated_item_ids_are_a_clear_error(tmp_path):
+    """Items are keyed by id (judge cache, records): a source listing an item twice is refused."""
+    [file] = (FIXTURES / "math-vision" / "data").glob("test-*.parquet")
+    shutil.copy(file, tmp_path / "test-00000-of-00002.parquet")
+    shutil.copy(file, tmp_path / "test-00001-of-00002.parquet")
+    with pytest.raises(BenchmarkDataError, match=r"math-vision: item id '1' repeats at .* \(rows 0 and 3\)"):
+        load_items("math-vision", tmp_path)
 
 
 def test_missing_data_names_the_benchmark_and_the_place(tmp_path, monkeypatch):
@@ -140,7 +189,7 @@ def test_missing_data_names_the_benchmark_and_the_place(tmp_path, monkeypatch):
 
 def test_wrong_schema_and_unreachable_hub_names_are_clear_errors():
     with pytest.raises(BenchmarkDataError, match=r"mmmu: data at .* lacks column\(s\) id, options"):
-        load_items("mmmu", FIXTURES / "realworldqa")
+        load_items("mmmu", FIXTURES / "realworldqa", split="test")
     with pytest.raises(BenchmarkDataError, match="mathverse: no data at nobody/no-such-set.*datasets name"):
         load_items("mathverse", "nobody/no-such-set")  # the tests run with HF_HUB_OFFLINE=1
 
@@ -180,8 +229,11 @@ def test_extract_choice(completion, expected):
 @pytest.mark.parametrize("prediction, gold, match", [
     ("3.5 cm", "3.5", True),
     ("3.5", "3.5 cm", True),
-    ("3.52", "3.5", True),  # 0.6% off
-    ("3.54", "3.5", False),  # 1.1% off
+    ("3.50", "3.5", True),
+    ("3.52", "3.5", False),  # numbers are equal or wrong, unless the benchmark rounds (below)
+    ("2000", "2016", False),
+    ("99", "100", False),
+    ("0.333", "1/3", False),
     ("1,000", "1000", True),
     ("3/4", "0.75", True),
     ("\\frac{3}{4}", "0.75", True),
@@ -204,6 +256,20 @@ def test_extract_choice(completion, expected):
 ])
 def test_open_match(prediction, gold, match):
     assert B.open_match(prediction, gold) is match
+
+
+@pytest.mark.parametrize("prediction, gold, match", [
+    ("3.504", "3.5", True),  # 3.5 either way once rounded to 2 decimals
+    ("3.52", "3.5", False),
+    ("0.333", "1/3", True),
+    ("2.675", "2.67", True),  # Python's round, as MMMU and MATH-Vision use it (2.675 is stored as 2.67499...)
+    ("2000", "2016", False),
+    ("99", "100", False),
+    ("1,000.001", "1000", True),
+])
+def test_open_match_rounded_to_two_decimals(prediction, gold, match):
+    """MMMU (eval_utils.normalize_str) and MATH-Vision (utils.is_equal) compare numbers rounded to 2 decimals."""
+    assert B.open_match(prediction, gold, decimals=2) is match
 
 
 @pytest.mark.parametrize("completion, expected", [
@@ -231,9 +297,22 @@ def test_mmmu_scores_letters_several_units_and_no_answer():
     assert score("mmmu", items_of("mmmu")[3:], ["\\boxed{2.50\\%}"])["accuracy"] == 1.0
 
 
+@pytest.mark.parametrize("name, index, completion, right", [
+    ("mmmu", 2, "\\boxed{3.504 cm}", True),  # gold 3.5, MMMU rounds to 2 decimals
+    ("mmmu", 2, "\\boxed{3.52}", False),
+    ("math-vision", 1, "\\boxed{10.001}", True),  # gold 10, MATH-Vision rounds to 2 decimals
+    ("math-vision", 1, "\\boxed{10.1}", False),
+    ("mathverse", 3, "\\boxed{4.8}", True),  # gold 4.8; MathVerse has no rounding rule: equal or wrong
+    ("mathverse", 3, "\\boxed{4.81}", False),
+    ("mathverse", 3, "\\boxed{4.804}", False),
+])
+def test_each_benchmark_compares_numbers_by_its_own_rule(name, index, completion, right):
+    assert score(name, items_of(name)[index:index + 1], [completion])["accuracy"] == float(right)
+
+
 @pytest.mark.parametrize("name, completions, accuracy, no_answer", [
     ("realworldqa", ["\\boxed{B}", "\\boxed{three}", "\\boxed{Green}"], 2 / 3, 0),
-    ("visnumbench", ["\\boxed{(c)}", "\\boxed{12}", "the red bar"], 2 / 3, 1),
+    ("visnumbench", ["\\boxed{(c)}", "\\boxed{5}", "the red bar"], 2 / 3, 1),
     ("mathverse", ["\\boxed{B}", "The answer is B", "\\boxed{60^\\circ}", "\\boxed{4.9}"], 0.75, 0),
     ("math-vision", ["\\boxed{D}", "\\boxed{10 cubes}", "\\boxed{16}"], 1.0, 0),
     ("mm-vet", ["\\boxed{Red}", "\\boxed{x = -1 or x = -5}", "\\boxed{three}", "It says stop"], 0.75, 1),
@@ -277,8 +356,19 @@ def test_hallusionbench_leaves_the_no_image_question_out_of_figure_accuracy():
 # The MM-Vet judge
 
 
+GRADES = {  # the test judge's replies, by the response it is shown
+    "The square is \\boxed{red}.": "1.0",
+    "\\boxed{x = -1}": "0.5",
+    "\\boxed{3}": "1.0 (the answer is right)",  # MM-Vet reads the first word
+    "It says stop": "1.0",  # no boxed answer: still judged
+    "\\boxed{blue}": "0.0",
+    "I am not sure": "Score",  # unreadable until asked again for a digit
+}
+
+
 class _JudgeServer:
-    """A local OpenAI-compatible endpoint: lists one model, grades 1.0 an answer equal to the ground truth."""
+    """A local OpenAI-compatible endpoint: lists one model; grades the response in the last row of MM-Vet's
+    table (``question | ground truth | response | ``) from ``GRADES``, and "0.3" when asked for a digit."""
 
     def __init__(self):
         self.requests = []
@@ -301,9 +391,11 @@ class _JudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append((self.path, self.headers.get("Authorization"), body))
                 prompt = body["messages"][0]["content"]
-                truth = prompt.split("Ground truth: ")[1].split("\n")[0].strip()
-                said = prompt.split("Model answer: ")[1].split("\n")[0].strip()
-                grade = "1.0" if said.lower() == truth.lower() else "0.4"
+                if prompt.endswith(B.MMVET_RETRY):
+                    grade = "0.3"
+                else:
+                    row = prompt.removeprefix(B.MMVET_PROMPT + "\n")
+                    grade = GRADES[row.split(" | ")[2]]
                 self._reply({"object": "chat.completion", "model": body["model"],
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": grade},
                                           "finish_reason": "stop"}]})
@@ -327,20 +419,47 @@ class _JudgeServer:
 SECRET = "sk-test-secret-0123456789"
 
 
+def test_judge_sees_mm_vets_own_grading_prompt_and_the_whole_response(tmp_path):
+    """MM-Vet's evaluator (mm-vet_evaluator.py): its few-shot table, then ``question | ground truth
+    (<AND>/<OR> spaced) | response | ``; the grade is the reply's first word."""
+    items = items_of("mm-vet")
+    completions = ["The square is \\boxed{red}.", "\\boxed{x = -1}", "\\boxed{3}", "It says stop"]
+    assert B.MMVET_PROMPT.startswith("Compare the ground truth and prediction from AI models, to give a correctness "
+                                     "score for the prediction. <AND> in the ground truth means it is totally right "
+                                     "only when all elements in the ground truth are present in the prediction")
+    assert "\nWhat is x in the equation? | -1 <AND> -5 | x = -1 or x = -5 | 1.0\n" in B.MMVET_PROMPT
+    with _JudgeServer() as server:
+        result = score("mm-vet", items, completions, B.Judge(server.url, cache_path=tmp_path / "c.json"),
+                       details=True)
+    prompts = [body["messages"][0]["content"] for _, _, body in server.requests[1:]]
+    assert prompts[1] == B.MMVET_PROMPT + "\nWhat is x in the equation? | -1 <AND> -5 | \\boxed{x = -1} | "
+    assert prompts[3] == B.MMVET_PROMPT + "\nWhat is written on the sign? | stop | It says stop | "
+    assert [r["score"] for r in result["items"]] == [1.0, 0.5, 1.0, 1.0]
+    assert result["accuracy"] == pytest.approx(0.875) and result["no_answer"] == 1  # unboxed, yet judged
+
+
+def test_an_unreadable_grade_is_asked_again_for_a_digit(tmp_path):
+    judge_cache = tmp_path / "c.json"
+    with _JudgeServer() as server:
+        result = score("mm-vet", items_of("mm-vet")[:1], ["I am not sure"], B.Judge(server.url, "m", judge_cache))
+    prompts = [body["messages"][0]["content"] for _, _, body in server.requests]
+    temperatures = [body["temperature"] for _, _, body in server.requests]
+    assert len(prompts) == 2 and prompts[1] == prompts[0] + B.MMVET_RETRY and temperatures == [0.0, 0.5]
+    assert result["accuracy"] == 0.3 and result["judge_requests"] == 2
+
+
 def test_judge_grades_caches_and_never_reveals_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv(B.JUDGE_KEY_ENV, SECRET)
     items = items_of("mm-vet")
-    completions = ["\\boxed{red}", "\\boxed{x = -1}", "\\boxed{3}", "no boxed answer"]
+    completions = ["The square is \\boxed{red}.", "\\boxed{x = -1}", "\\boxed{3}", "It says stop"]
     cache = tmp_path / "judge-cache.json"
     with _JudgeServer() as server:
         judge = B.Judge(server.url, cache_path=cache)
         first = score("mm-vet", items, completions, judge, details=True)
-        assert [r[0] for r in server.requests] == ["/v1/models"] + ["/v1/chat/completions"] * 3
+        assert [r[0] for r in server.requests] == ["/v1/models"] + ["/v1/chat/completions"] * 4
         assert all(auth == f"Bearer {SECRET}" for _, auth, _ in server.requests)
         assert {body["model"] for _, _, body in server.requests[1:]} == {"judge-model"}
-        assert first["accuracy"] == pytest.approx((1.0 + 0.4 + 0.4 + 0.0) / 4)
-        assert first["judge_requests"] == 4 and first["no_answer"] == 1
-        assert "judge: judge-model at " + server.url in first["scoring"]
+        assert first["judge_requests"] == 5 and "judge: judge-model at " + server.url in first["scoring"]
 
         sent = len(server.requests)
         again = score("mm-vet", items, completions, judge)  # the same judge: everything cached
@@ -353,7 +472,7 @@ def test_judge_grades_caches_and_never_reveals_the_key(tmp_path, monkeypatch):
 
     for result in (first, again, fresh, changed):
         assert SECRET not in json.dumps(result)
-    assert SECRET not in cache.read_text() and len(json.loads(cache.read_text())) == 4
+    assert SECRET not in cache.read_text() and len(json.loads(cache.read_text())) == 5
 
 
 def test_judge_ignored_for_deterministic_benchmarks_and_failure_is_a_clear_error(tmp_path, monkeypatch):
@@ -403,21 +522,12 @@ def test_evaluate_benchmark_end_to_end_with_the_tiny_model(tiny):
     assert hallusion["figures"] == 2 and hallusion["question_pairs"] == 2
 
 
-def test_text_only_items_are_generated_without_images(tiny, tmp_path):
+def test_text_only_items_are_generated_without_images(tiny):
     """HallusionBench's non_image split has no image: such prompts carry no image, alone or in a batch."""
-    import datasets
-
-    source = datasets.Dataset.from_parquet(str(FIXTURES / "hallusionbench" / "image-00000-of-00001.parquet"),
-                                           cache_dir=str(tmp_path / "cache"))
-    rows = source.to_list()[4:6]
-    for i, row in enumerate(rows):
-        row.update(image=None, visual_input="0", figure_id="0", question_id=str(i))
-    datasets.Dataset.from_list(rows, features=source.features).to_parquet(
-        str(tmp_path / "non_image-00000-of-00001.parquet"))
-    items = load_items("hallusionbench", tmp_path, split="non_image")
+    items = items_of("hallusionbench", split="non_image")
     assert [len(i.images) for i in items] == [0, 0] and B.messages(items[0])[0]["content"][0]["type"] == "text"
     model, processor = tiny
-    result = B.evaluate_benchmark(model, processor, "hallusionbench", tmp_path, split="non_image", max_new_tokens=4,
-                                  details=True)
+    result = B.evaluate_benchmark(model, processor, "hallusionbench", FIXTURES / "hallusionbench", split="non_image",
+                                  max_new_tokens=4, details=True)
     _consistent(result, 2)
     assert result["figures"] == 0 and result["figure_accuracy"] is None  # VS figure 0 is no figure
