@@ -56,7 +56,8 @@ def cmd_eval(args) -> int:
         try:
             results[name] = (evaluate_shapes(model, processor, limit=args.limit, votes=args.votes,
                                              temperature=args.temperature) if name == "shapes" else
-                             evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge))
+                             evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge,
+                                                votes=args.votes, temperature=args.temperature))
         except BenchmarkError as e:
             raise SystemExit(f"visplay eval: {e}")
     if args.json:
@@ -65,7 +66,10 @@ def cmd_eval(args) -> int:
     for name, scores in results.items():
         print(_shapes_table(scores, path) if name == "shapes" else
               f"{scores['benchmark']}: accuracy {scores['accuracy']:.3f} on {scores['n']} items "
-              f"({scores['no_answer']} without an answer; scoring: {scores['scoring']})")
+              f"({scores['no_answer']} without an answer; scoring: {scores['scoring']})" + (
+                  f"\n  {scores['votes']} votes at temperature {scores['temperature']}: pass@1 {scores['pass_at_1']:.3f}, "
+                  f"majority {scores['majority_accuracy']:.3f} (headroom {scores['majority_accuracy'] - scores['accuracy']:+.3f}), "
+                  f"token entropy {scores['mean_entropy']:.3f}" if "majority_accuracy" in scores else ""))
     known = ", ".join(["shapes", *ADAPTERS])
     print(f"(benchmarks: {known})")
     return 0
@@ -310,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default ./data/<name>)")
     p.add_argument("--judge-url", help="OpenAI-compatible endpoint for MM-Vet's judge (key: $VISPLAY_JUDGE_API_KEY)")
     p.add_argument("--judge-model", help="judge model name (default: the endpoint's first model)")
-    p.add_argument("--votes", type=int, default=0, metavar="M", help="ShapesBench: also sample M answers per item "
+    p.add_argument("--votes", type=int, default=0, metavar="M", help="also sample M answers per item "
                    "and report pass@1, majority-vote accuracy and token entropy (headroom = majority - greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --votes (default 1.0)")
     p.add_argument("--trust-remote-code", action="store_true")

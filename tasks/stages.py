@@ -276,7 +276,8 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
         results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled,
                                          votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)
                    if name == "shapes" else
-                   evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit)
+                   evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit,
+                                      votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)
                    for name in cfg.eval.benchmarks}
         files = {name: read_jsonl(Path(s.folder) / f) for name, s, f in (
             ("rollout", stages.get("confidence_scoring"), "scored.jsonl"),

@@ -102,3 +102,28 @@ def test_eval_command_prints_headroom(capsys):
     assert main(["eval", "--model", "base", "--limit", "6", "--votes", "2"]) == 0
     table = capsys.readouterr().out
     assert "headroom" in table and "majority" in table and "2 votes at temperature 1.0" in table
+
+
+def test_real_benchmark_headroom_by_hand():
+    from visplay_core.benchmarks import Item
+    from visplay_core.benchmarks.scoring import sampled_score
+
+    items = [Item("a", "Is it red?", [], "yes", "yesno"), Item("b", "How many?", [], "2016", "open")]
+    samples = [["\\boxed{Yes}", "\\boxed{no}", "\\boxed{yes}"], ["\\boxed{2016}", "\\boxed{2000}", "\\boxed{2000}"]]
+    out = sampled_score("realworldqa", items, samples, [[0.2] * 3, [0.4] * 3])
+    assert out["pass_at_1"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert out["majority_accuracy"] == pytest.approx(0.5)  # "yes" wins (right); "2000" wins (wrong)
+    assert out["mean_entropy"] == pytest.approx(0.3) and out["votes"] == 3
+
+
+def test_real_benchmark_with_votes_on_the_tiny_model(tiny):
+    from pathlib import Path
+
+    from visplay_core.benchmarks import evaluate_benchmark
+
+    model, processor = tiny
+    fixtures = Path(__file__).parent / "fixtures" / "benchmarks"
+    result = evaluate_benchmark(model, processor, "hallusionbench", fixtures / "hallusionbench", limit=4,
+                                max_new_tokens=8, batch_size=8, votes=2)
+    assert result["votes"] == 2 and result["temperature"] == 1.0
+    assert 0 <= result["pass_at_1"] <= 1 and 0 <= result["majority_accuracy"] <= 1 and result["mean_entropy"] > 0

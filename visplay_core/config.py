@@ -72,7 +72,7 @@ class EvalConfig(BaseModel):
     shuffled: bool = Field(False, description="also score ShapesBench with shuffled images (doubles its time)")
     split: Literal["test", "validation"] = Field(
         "test", description="ShapesBench items: test (claims) or validation (an independent draw to tune on)")
-    votes: int = Field(0, ge=0, description="also sample M answers per ShapesBench item at the Reasoner's "
+    votes: int = Field(0, ge=0, description="also sample M answers per benchmark item at the Reasoner's "
                        "temperature: pass@1, majority-vote accuracy, token entropy (0: greedy only)")
     benchmarks: list[str] = Field(default_factory=lambda: ["shapes"], min_length=1,
                                   description="shapes, mmmu, mm-vet, realworldqa, visnumbench, mathverse, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..answers import extract_answer
+from ..answers import extract_answer, normalize_answer
+from ..rewards import majority_vote
 from ..generation import generate
 from .adapters import get_adapter
 from .core import Item, mean
@@ -79,15 +80,35 @@ def score(name: str, items: list[Item], completions: list[str], judge: Judge | N
     return result
 
 
+def sampled_score(name: str, items: list[Item], samples: list[list[str]], entropies: list[list[float]],
+                  judge: Judge | None = None) -> dict:
+    """pass@1 (mean score of single samples), majority accuracy (the score of a sample that gave the
+    majority of the M samples' predictions; 0 when none answered) and mean token entropy."""
+    decimals = get_adapter(name).decimals
+    pass_at_1, majority = [], []
+    for item, completions in zip(items, samples, strict=True):
+        records = [score_item(item, c, judge if item.kind == "judged" else None, decimals) for c in completions]
+        pass_at_1.append(mean([r["score"] for r in records]))
+        answered = [r["prediction"] if r["status"] == "answered" else None for r in records]
+        label = majority_vote(answered).label
+        winner = next((r for r, a in zip(records, answered) if a is not None and normalize_answer(a) == label), None)
+        majority.append(winner["score"] if winner else 0.0)
+    flat = [e for per_item in entropies for e in per_item]
+    return {"pass_at_1": mean(pass_at_1) or 0.0, "majority_accuracy": mean(majority) or 0.0,
+            "mean_entropy": mean(flat) or 0.0, "votes": len(samples[0]) if samples else 0}
+
+
 def evaluate_benchmark(model, processor, name: str, source=None, limit: int | None = None,
                        judge: Judge | None = None, *, split: str | None = None, batch_size: int = 16,
-                       max_new_tokens: int = 512, details: bool = False) -> dict:
+                       max_new_tokens: int = 512, details: bool = False, votes: int = 0,
+                       temperature: float = 1.0) -> dict:
     """Greedy answers of ``model`` to benchmark ``name``, scored.
 
     Returns ``{"benchmark", "accuracy", "n", "no_answer", "several_answers", "scoring", "per_category",
     "source", "split", ...}`` plus the benchmark's own metrics (HallusionBench: ``figure_accuracy``,
     ``question_pair_accuracy``; with a judge: ``judge_requests``) and, with ``details``, ``items``: one
-    record per item. Raises ``BenchmarkError`` (its message is for the user) on missing data or a failing
+    record per item. With ``votes`` M > 0 also the headroom measurement of M samples at ``temperature``
+    (``sampled_score``: ``pass_at_1``, ``majority_accuracy``, ``mean_entropy``). Raises ``BenchmarkError`` (its message is for the user) on missing data or a failing
     judge.
     """
     adapter = get_adapter(name)
@@ -95,6 +116,11 @@ def evaluate_benchmark(model, processor, name: str, source=None, limit: int | No
     completions = generate(model, processor, [i.images for i in items], [messages(i) for i in items],
                            temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     result = score(name, items, [c[0] for c in completions], judge, details)
+    if votes:
+        samples, entropies = generate(model, processor, [i.images for i in items], [messages(i) for i in items],
+                                      n=votes, temperature=temperature, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, seed=0, with_entropy=True)
+        result.update(sampled_score(name, items, samples, entropies, judge), temperature=temperature)
     result["source"] = str(default_source(name) if source is None else source)
     result["split"] = split or adapter.split
     return result
