@@ -38,7 +38,7 @@ EXPERIMENTS = {
                    ["iterations:questioner.steps:reasoner.steps={K}:{Q}:{R},1:{KQ}:{KR}"]),
     "initialization": ("the same run from a weaker and a stronger base", ["base_model={BASES}"]),
     "ceiling": ("the Reasoner trained on true answers (to the curated questions, to fresh world questions) "
-                "against pseudo-labels: the most any labeller could give", ["ceiling=off,curated,fresh"]),
+                "against pseudo-labels: the most any labeller could give", ["ceiling=none,curated,fresh"]),
 }
 
 

@@ -247,7 +247,7 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
     def compute(out: Path) -> dict:
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
-        if cfg.ceiling != "off":  # the ceiling arms: true answers in place of pseudo-labels
+        if cfg.ceiling != "none":  # the ceiling arms: true answers in place of pseudo-labels
             scenes = scenes_by_id(images.truth, Manifest.load(images.folder))
             rows = (selfplay.oracle_labels(rows, scenes) if cfg.ceiling == "curated" else
                     selfplay.fresh_questions(scenes, images.ids, role.steps * role.prompts_per_step, cfg.seed + k))

@@ -174,3 +174,20 @@ def test_initialization_experiment_compares_bases(home, tmp_path):
     assert shipped["stages_cached"] == shipped["stages"]  # the shipped base's run was done by the sweep
     assert weak["base_accuracy"]["mean"] < shipped["base_accuracy"]["mean"]
     assert results["base"] is None  # two different bases: each arm is judged against its own
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_ceiling_experiment_trains_on_true_answers(home):
+    assert main(["experiment", "ceiling", "--config", "smoke", "--set", "iterations=1", "--home", str(home)]) == 0
+    assert _table_arms(home, "ceiling") == [f"ceiling={c}" for c in ("none", "curated", "fresh")]
+    config = load_config("smoke")
+    runs = {c: _stages(home, f"ceiling-ceiling-{c}-s0") for c in ("none", "curated", "fresh")}
+    for c in ("curated", "fresh"):  # the questioner and curation are the pseudo-label run's own
+        assert all(runs[c][s]["cached"] for s in (*QUESTIONER_STAGES, "threshold_filtering"))
+        assert not runs[c]["reasoner_grpo"]["cached"]
+    metrics = {c: json.loads((home / "stages" / f"reasoner_grpo-{runs[c]['reasoner_grpo']['key']}" /
+                              "metrics.json").read_text()) for c in ("curated", "fresh")}
+    assert metrics["fresh"]["trained_on"] == config.reasoner.steps * config.reasoner.prompts_per_step
+    curated = [json.loads(r) for r in (home / "stages" / f"threshold_filtering-{runs['none']['threshold_filtering']['key']}"
+                                       / "curated.jsonl").read_text().splitlines()]
+    assert metrics["curated"]["trained_on"] <= len(curated)  # invalid questions are dropped, none added

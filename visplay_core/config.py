@@ -114,8 +114,8 @@ class VisPlayConfig(BaseModel):
     oracle_reasoner_error: float | None = Field(
         None, ge=0, le=1, description="embedded world only: vote with an oracle Reasoner that answers from the "
         "scene, wrong at this rate (the paper's sanity check); unset: the Reasoner model votes")
-    ceiling: Literal["off", "curated", "fresh"] = Field(
-        "off", description="embedded world only, the ceiling arms: the Reasoner trains on the oracle's true answers "
+    ceiling: Literal["none", "curated", "fresh"] = Field(
+        "none", description="embedded world only, the ceiling arms: the Reasoner trains on the oracle's true answers "
         "to the curated questions (curated) or to fresh world questions, steps × prompts_per_step of them (fresh), "
         "instead of pseudo-labels: the most any labeller could give")
     engine: Literal["hf", "vllm"] = Field("hf", description="generation engine for rollouts and scoring")
@@ -149,7 +149,7 @@ class VisPlayConfig(BaseModel):
         accelerate_config = self.training.accelerate_config
         if accelerate_config and not Path(accelerate_config).exists():
             raise ValueError(f"training.accelerate_config: {accelerate_config!r} does not exist")
-        if self.ceiling != "off" and self.corpus != "embedded":
+        if self.ceiling != "none" and self.corpus != "embedded":
             raise ValueError("ceiling: the oracle's answers need the scenes of the embedded corpus")
         if self.oracle_reasoner_error is not None and self.corpus != "embedded":
             raise ValueError("oracle_reasoner_error: an oracle Reasoner needs the scenes of the embedded corpus")
