@@ -241,6 +241,16 @@ def test_clusters_merge_strictly_below_the_threshold_as_in_sklearn():
     assert _cluster_share_per_problem(questions, np.nextafter(distance, 1)) == [1.0, 1.0]
 
 
+def test_equal_distances_merge_the_earlier_pair_first_as_in_sklearn():
+    # d(A, B) = d(B, C) = 1 - (1/15) ** 0.25 = 0.492 (same n-gram counts), d(A, C) = 0.91: whichever pair
+    # merges first keeps the third question out (mean distance 0.70). Both merge the first pair in order.
+    a, b, c = "k l m n x y", "k l m n o p", "q r m n o p"
+    assert bleu_distances([a, b, c], "nltk") == pytest.approx([1 - (1 / 15) ** 0.25, 0.913666, 1 - (1 / 15) ** 0.25])
+    for questions in ([a, b, c], [c, b, a]):
+        assert diversity_penalties(questions, bleu="nltk") == [2 / 3, 2 / 3, 1 / 3]
+        assert _cluster_share_per_problem(questions) == [2 / 3, 2 / 3, 1 / 3]
+
+
 # --- cause 3: unparsable questions are clustered as "" ---------------------------------------------
 
 
