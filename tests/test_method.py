@@ -10,6 +10,8 @@ def test_paper_preset():
     assert paper.uncertainty == "1-|2c-1|"
     assert paper.relu is True
     assert paper.invalid_reward == 0.0
+    assert paper.cluster_invalid is False
+    assert paper.bleu == "sacrebleu"
     assert paper.diversity_scope == "group"
     assert paper.diversity_weight == 1.0
     assert paper.bleu_distance_threshold == 0.5
@@ -23,6 +25,8 @@ def test_official_code_preset():
     assert official.uncertainty == "min(c,1-c)"
     assert official.relu is False
     assert official.invalid_reward == -1.0
+    assert official.cluster_invalid is True
+    assert official.bleu == "nltk"
     assert official.diversity_scope == "batch"
     assert official.diversity_weight == 1.0
     assert official.bleu_distance_threshold == 0.5

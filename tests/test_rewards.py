@@ -6,6 +6,7 @@ from visplay_core.method import MethodConfig, method_preset
 from visplay_core.rewards import (
     Candidate,
     Vote,
+    bleu_distances,
     completion_text,
     curate,
     diversity_penalties,
@@ -138,6 +139,16 @@ def test_diversity_penalties_threshold():
     assert diversity_penalties(NEAR_COPIES[::2], distance_threshold=0.4) == [0.5, 0.5]
 
 
+def test_distinct_one_word_questions_do_not_merge_at_the_threshold():
+    # sacrebleu: "Cat?" vs "Dog?" share only "?": BLEU exactly 50, distance exactly 0.5. Clusters merge
+    # strictly below the threshold (sklearn's rule, as in the official code), so each stays alone.
+    questions = ["Cat?", "Dog?", "Car?"]
+    assert bleu_distances(questions).tolist() == [0.5, 0.5, 0.5]
+    assert diversity_penalties(questions) == [1 / 3] * 3
+    assert diversity_penalties(questions, distance_threshold=0.5000001) == [1.0] * 3
+    assert questioner_rewards([0.5] * 3, questions, PAPER) == [1 - 1 / 3] * 3
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.one_of(st.sampled_from(GROUP_OF_8), st.text()), max_size=8))
 def test_diversity_penalties_are_cluster_shares(questions):
@@ -154,8 +165,9 @@ def test_diversity_penalties_are_cluster_shares(questions):
 
 def test_questioner_rewards_group_of_8():
     assert questioner_rewards([0.7] * 8, GROUP_OF_8, PAPER) == pytest.approx([0.6 - 3 / 8] * 3 + [0.6 - 1 / 8] * 5)
+    # NLTK BLEU on whitespace tokens: "colour" leaves the cluster (distance 0.71), " ?" stays (0.45).
     assert questioner_rewards([0.7] * 8, GROUP_OF_8, OFFICIAL) == pytest.approx(
-        [0.3 - 3 / 8] * 3 + [0.3 - 1 / 8] * 5
+        [0.3 - 2 / 8] * 2 + [0.3 - 1 / 8] * 6
     )
 
 
@@ -169,17 +181,19 @@ def test_questioner_rewards_diversity_weight():
     assert questioner_rewards([0.7] * 8, GROUP_OF_8, no_penalty) == pytest.approx([0.6] * 8)
 
 
-def test_invalid_questions_get_the_invalid_reward_and_are_not_clustered():
+def test_invalid_questions_get_the_invalid_reward():
     confidences = [0.5, None, 0.5]
     questions = [DISTINCT[0], None, DISTINCT[1]]
+    # paper: left out of the clustering, so the two valid questions are a group of 2
     assert questioner_rewards(confidences, questions, PAPER) == [0.5, 0.0, 0.5]
-    assert questioner_rewards(confidences, questions, OFFICIAL) == [0.0, -1.0, 0.0]
+    # official code: clustered as "", a singleton that counts in the group's size: -1 - 1/3
+    assert questioner_rewards(confidences, questions, OFFICIAL) == pytest.approx([0.5 - 1 / 3, -1 - 1 / 3, 0.5 - 1 / 3])
 
 
 def test_questioner_rewards_edge_cases():
     assert questioner_rewards([], [], PAPER) == []
     assert questioner_rewards([None, 0.5], [None, None], PAPER) == [0.0, 0.0]
-    assert questioner_rewards([None, 0.5], [None, None], OFFICIAL) == [-1.0, -1.0]
+    assert questioner_rewards([None, 0.5], [None, None], OFFICIAL) == [-1.5, -1.5]  # two "" never match
     assert questioner_rewards([0.5], ["Why?"], PAPER) == [0.0]  # alone: penalty 1
     with pytest.raises(ValueError, match="confidences"):
         questioner_rewards([0.5], ["Why?", "How?"], PAPER)

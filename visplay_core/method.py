@@ -1,8 +1,9 @@
 """The method's knobs, and the two settings we can run: the paper's and the official code's.
 
 The defaults are the paper's (arXiv 2511.15661). The official VisPlay code differs from the paper in
-the uncertainty form, ReLU, the reward of invalid questions, the clustering scope, the curation
-window, the number of Reasoner samples used to curate and the Reasoner's format bonus.
+the uncertainty form, ReLU, the reward of invalid questions and whether they join the clustering, the
+BLEU used to compare questions, the clustering scope, the curation window, the number of Reasoner
+samples used to curate and the Reasoner's format bonus.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 UncertaintyForm = Literal["1-|2c-1|", "min(c,1-c)"]
 """How the Questioner's uncertainty reward is computed from the Reasoner's confidence c."""
 
+BleuForm = Literal["sacrebleu", "nltk"]
+"""How two questions' BLEU is scored: sacrebleu's (13a tokens, effective order, the mean of both
+directions), or NLTK's ``sentence_bleu`` with smoothing method 1 on whitespace tokens, the earlier
+question as hypothesis (the official code's)."""
+
 
 class MethodConfig(BaseModel):
     """Everything that defines the reward and curation rules of one VisPlay variant."""
@@ -23,11 +29,17 @@ class MethodConfig(BaseModel):
     uncertainty: UncertaintyForm = Field("1-|2c-1|", description="uncertainty reward form")
     relu: bool = Field(True, description="clip the Questioner's reward at 0 from below")
     invalid_reward: float = Field(0.0, description="Questioner reward for an unreadable question")
+    cluster_invalid: bool = Field(
+        False, description="unreadable questions join the clustering as empty questions and pay their penalty"
+    )
+    bleu: BleuForm = Field("sacrebleu", description="the BLEU that compares two questions")
     diversity_scope: Literal["group", "batch"] = Field(
         "group", description="cluster questions within each image's group, or over the whole batch"
     )
     diversity_weight: float = Field(1.0, ge=0, description="lambda, weight of the diversity penalty")
-    bleu_distance_threshold: float = Field(0.5, ge=0, le=1, description="clustering cut on 1 - BLEU/100")
+    bleu_distance_threshold: float = Field(
+        0.5, ge=0, le=1, description="clusters merge while their mean 1 - BLEU distance is strictly below this"
+    )
     tau_low: float = Field(0.25, description="lowest confidence a curated question may have")
     tau_high: float = Field(0.75, description="highest confidence a curated question may have")
     max_label_share: float | None = Field(
@@ -60,6 +72,8 @@ METHOD_PRESETS: dict[str, MethodConfig] = {
         uncertainty="min(c,1-c)",
         relu=False,
         invalid_reward=-1.0,
+        cluster_invalid=True,
+        bleu="nltk",
         diversity_scope="batch",
         tau_low=0.3,
         tau_high=0.8,

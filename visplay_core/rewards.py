@@ -3,7 +3,8 @@
 Questioner: for each question, the Reasoner answers it m times; the majority answer is the pseudo-label
 and its share of the m answers is the confidence c. The Questioner's reward is the uncertainty reward
 of c minus lambda times a diversity penalty (the share of questions in the question's BLEU cluster),
-then ReLU (paper). Unreadable questions get a fixed reward and are left out of the clustering.
+then ReLU (paper). Unreadable questions get a fixed reward; they are left out of the clustering (paper
+preset) or join it as empty questions and pay their penalty too (official code).
 
 Curation: questions whose confidence lies in [tau_low, tau_high] become the Reasoner's training set,
 with their pseudo-labels. Reasoner: reward 1 when its boxed answer matches the pseudo-label (paper),
@@ -12,6 +13,7 @@ or 0.9 * accuracy + 0.1 * format (official code).
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from sacrebleu.metrics import BLEU
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from .answers import answers_match, extract_answer, extract_question, normalize_answer
-from .method import MethodConfig, UncertaintyForm
+from .method import BleuForm, MethodConfig, UncertaintyForm
 
 _BLEU = BLEU(effective_order=True)
 
@@ -71,24 +73,61 @@ def uncertainty_reward(c: float, form: UncertaintyForm = "1-|2c-1|") -> float:
     return 1 - abs(2 * c - 1) if form == "1-|2c-1|" else min(c, 1 - c)
 
 
-def _bleu_distance(a: str, b: str) -> float:
-    """1 - BLEU/100, averaged over both directions and clipped to [0, 1]."""
+def nltk_sentence_bleu(hypothesis: str, reference: str) -> float:
+    """NLTK's ``sentence_bleu([reference.split()], hypothesis.split(),
+    smoothing_function=SmoothingFunction().method1)`` (the official code's question similarity), in [0, 1].
+
+    BLEU-4 with uniform weights and no effective order: an order whose clipped n-gram matches are 0 gets
+    precision 0.1 / (its hypothesis n-gram count, at least 1), so a hypothesis shorter than n tokens
+    scores 0.1 at order n; no unigram match at all (an empty hypothesis included) scores 0; brevity
+    penalty exp(1 - r/c) when the hypothesis (c tokens) is not longer than the reference (r tokens).
+    """
+    hyp, ref = hypothesis.split(), reference.split()
+    log_precisions = []
+    for n in range(1, 5):
+        hyp_ngrams = Counter(zip(*(hyp[i:] for i in range(n))))
+        matches = sum((hyp_ngrams & Counter(zip(*(ref[i:] for i in range(n))))).values())
+        total = max(1, sum(hyp_ngrams.values()))
+        if n == 1 and matches == 0:
+            return 0.0
+        log_precisions.append(0.25 * math.log(matches / total if matches else 0.1 / total))
+    brevity = 1.0 if len(hyp) > len(ref) else math.exp(1 - len(ref) / len(hyp))
+    return brevity * math.exp(math.fsum(log_precisions))
+
+
+def _sacrebleu_distance(a: str, b: str) -> float:
+    """1 - BLEU/100 with sacrebleu, averaged over both directions and clipped to [0, 1]."""
     bleu = (_BLEU.sentence_score(a, [b]).score + _BLEU.sentence_score(b, [a]).score) / 2
     return min(max(1 - bleu / 100, 0.0), 1.0)
 
 
-def diversity_penalties(questions: Sequence[str], distance_threshold: float = 0.5) -> list[float]:
+def bleu_distances(questions: Sequence[str], bleu: BleuForm = "sacrebleu") -> np.ndarray:
+    """The condensed matrix (pairs i < j, row by row) of BLEU distances between ``questions``: with
+    "nltk", 1 - ``nltk_sentence_bleu(questions[i], questions[j])`` (the earlier question is the
+    hypothesis, and that one direction stands for the pair, as in the official code)."""
+    pairs = [(questions[i], questions[j]) for i in range(len(questions)) for j in range(i + 1, len(questions))]
+    if bleu == "nltk":
+        return np.array([1 - nltk_sentence_bleu(a, b) for a, b in pairs])
+    return np.array([_sacrebleu_distance(a, b) for a, b in pairs])
+
+
+def diversity_penalties(
+    questions: Sequence[str], distance_threshold: float = 0.5, bleu: BleuForm = "sacrebleu"
+) -> list[float]:
     """Each question's share of ``questions`` that falls in its cluster.
 
-    Questions are clustered by average-linkage agglomerative clustering on the BLEU distance, cut at
-    ``distance_threshold``; a question unlike all others gets 1/len(questions), identical copies of
-    one question all get 1.
+    Questions are clustered by average-linkage agglomerative clustering on the BLEU distance, merging
+    while clusters lie strictly closer than ``distance_threshold`` (sklearn's ``AgglomerativeClustering
+    (distance_threshold=...)``, which the official code uses; it builds the same scipy linkage tree);
+    a question unlike all others gets 1/len(questions), identical copies of one question all get 1
+    (except with "nltk" BLEU for questions of one or two words, whose BLEU with themselves is below 0.5).
     """
     n = len(questions)
     if n <= 1:
         return [1.0] * n
-    condensed = np.array([_bleu_distance(questions[i], questions[j]) for i in range(n) for j in range(i + 1, n)])
-    labels = fcluster(linkage(condensed, method="average"), t=distance_threshold, criterion="distance")
+    tree = linkage(bleu_distances(questions, bleu), method="average")
+    # fcluster merges at distances <= t: the largest float below the threshold makes it strictly below.
+    labels = fcluster(tree, t=np.nextafter(distance_threshold, -np.inf), criterion="distance")
     sizes = Counter(labels)
     return [sizes[label] / n for label in labels]
 
@@ -100,13 +139,15 @@ def questioner_rewards(
     group_ids: Sequence[Hashable] | None = None,
 ) -> list[float]:
     """The Questioner's reward for each question: uncertainty - lambda * diversity penalty (ReLU'd if
-    ``method.relu``); ``method.invalid_reward`` where the question is ``None`` (its confidence is
-    ignored). Invalid questions take no part in the clustering.
+    ``method.relu``). Where the question is ``None`` (unreadable) its confidence is ignored: it gets
+    ``method.invalid_reward``, minus lambda times its penalty if ``method.cluster_invalid`` (it then
+    joins the clustering as an empty question, a cluster of its own counted in the group's size);
+    otherwise it takes no part in the clustering.
 
     Clustering scope: with ``group_ids`` and ``method.diversity_scope == "group"`` (paper), questions
-    are clustered within each group id (one image's questions); otherwise all valid questions given
-    are clustered together, so pass one image's group to get per-image clustering, or a whole
-    rollout batch for ``"batch"`` (official code).
+    are clustered within each group id (one image's questions); otherwise all questions given are
+    clustered together, so pass one image's group to get per-image clustering, or a whole rollout
+    batch for ``"batch"`` (official code). Questions are clustered in the order given.
     """
     if len(confidences) != len(questions):
         raise ValueError(f"{len(confidences)} confidences for {len(questions)} questions")
@@ -114,13 +155,18 @@ def questioner_rewards(
     keys = group_ids if per_group else [None] * len(questions)
     members: dict[Hashable, list[int]] = defaultdict(list)
     for i, (question, key) in enumerate(zip(questions, keys, strict=True)):
-        if question is not None:
+        if question is not None or method.cluster_invalid:
             members[key].append(i)
     rewards = [method.invalid_reward] * len(questions)
     for indices in members.values():
-        penalties = diversity_penalties([questions[i] for i in indices], method.bleu_distance_threshold)
+        group = [questions[i] or "" for i in indices]
+        penalties = diversity_penalties(group, method.bleu_distance_threshold, method.bleu)
         for i, penalty in zip(indices, penalties):
-            reward = uncertainty_reward(confidences[i], method.uncertainty) - method.diversity_weight * penalty
+            if questions[i] is None:
+                base = method.invalid_reward
+            else:
+                base = uncertainty_reward(confidences[i], method.uncertainty)
+            reward = base - method.diversity_weight * penalty
             rewards[i] = max(reward, 0.0) if method.relu else reward
     return rewards
 
@@ -213,13 +259,26 @@ def make_questioner_reward_func(
     images)`` for the Reasoner's majority-vote confidence on each (``images`` is TRL's ``image``
     column when the rows have one, else the ``image_id`` column; the scorer may return ``None`` for
     ``None`` questions), and returns ``questioner_rewards`` grouped by ``image_id``.
+
+    TRL calls reward functions on each process's own slice of the generation batch (with several
+    processes, each holds ``per_device_train_batch_size * steps_per_generation`` completions). Each
+    process scores its own slice's confidences, then the questions, confidences and image ids of all
+    processes are gathered (accelerate's ``gather_object``, in process order), so the ``"batch"``
+    scope clusters the whole generation batch (all prompts x G, as the official code does) and a
+    group split across processes stays whole; each process returns its own slice's rewards.
     """
+    from accelerate import PartialState  # here, so the pure functions above load without torch
+    from accelerate.utils import gather_object
 
     def questioner_reward(
         prompts: list, completions: list, image_id: list[str], image: list[Any] | None = None, **kwargs: Any
     ) -> list[float]:
         questions = [extract_question(completion_text(completion)) for completion in completions]
-        confidences = score_confidence(questions, image if image is not None else image_id)
-        return questioner_rewards(confidences, questions, method, group_ids=image_id)
+        confidences = list(score_confidence(questions, image if image is not None else image_id))
+        slices = gather_object([(questions, confidences, list(image_id))])  # one (q, c, ids) per process
+        whole = [sum((part[k] for part in slices), []) for k in range(3)]
+        rewards = questioner_rewards(whole[1], whole[0], method, group_ids=whole[2])
+        start = sum(len(part[0]) for part in slices[: PartialState().process_index])
+        return rewards[start : start + len(questions)]
 
     return questioner_reward
