@@ -27,7 +27,7 @@ from visplay_core.grpo import GRPOJob, ScorerSpec, launch
 from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration
 from visplay_core.model import load_model, load_processor
-from visplay_core.rewards import Candidate, Vote, curate, questioner_rewards
+from visplay_core.rewards import UNANSWERABLE, Candidate, Vote, answerable_confidence, curate, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage
 
@@ -107,6 +107,7 @@ def _question_metrics(rows: list[dict]) -> dict:
         "questions": len(rows),
         "malformed_questions": len(rows) - len(valid),  # not one question in the Questioner's format: reward 0
         "unanswered_samples": sum(r["m"] - sum(r["votes"].values()) for r in valid),  # no boxed answer: no vote
+        "unanswerable_questions": sum(r["pseudo_label"] == UNANSWERABLE for r in valid),  # the Reasoner: "none"
         "validity_rate": len(valid) / len(rows) if rows else 0.0,
         "distinct_questions": len({r["question"] for r in valid}),
         "mean_confidence": mean(r["confidence"] for r in valid) if valid else 0.0,
@@ -151,7 +152,8 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
         set_seed(cfg.seed + k)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k),
                                    images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
-        rewards = questioner_rewards([r["confidence"] for r in rows], [r["question"] for r in rows], cfg.method,
+        confidences = [answerable_confidence(_vote(r)) for r in rows]  # "none" by majority: invalid
+        rewards = questioner_rewards(confidences, [r["question"] for r in rows], cfg.method,
                                      group_ids=[r["image_id"] for r in rows])
         rows = [{**r, "reward": w} for r, w in zip(rows, rewards)]
         write_jsonl(out / "scored.jsonl", rows)

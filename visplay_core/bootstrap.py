@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import bench, prompts, world
 from .evaluate import evaluate_shapes
 from .io import atomic_dir, write_json
+from .rewards import UNANSWERABLE
 from .model import build_tiny_vlm, load_model, load_processor, save_checkpoint
 
 
@@ -42,16 +43,17 @@ class BootstrapConfig:
     final_limit: int | None = None  # items of the final evaluation (all 1,200 when None)
     threads: int = 2
     init: str | None = None  # continue from this checkpoint instead of a fresh model (the capacity control)
+    unanswerable_share: float = 0.1  # reasoner examples on a question that does not apply, answered "none"
     routes: bool = True  # reasoning in a random scan order per example (False: raster order only)
     balanced: bool = True  # reasoner questions with answers balanced as ShapesBench's (False: as drawn)
 
 
 def example(rng: random.Random, questioner_share: float, caption_share: float = 0.0, routes: bool = True,
-            balanced: bool = True):
+            balanced: bool = True, unanswerable_share: float = 0.0):
     """One training example: (image, chat messages, target completion, final answer or None).
 
     Three tasks: the Questioner's (one valid question about the image), the Reasoner's (grounded
-    reasoning, then the boxed answer) and an auxiliary caption of the whole scene, which keeps the
+    reasoning, then the boxed answer; ``UNANSWERABLE`` for a question that does not apply to the scene) and an auxiliary caption of the whole scene, which keeps the
     vision tower learning from every object of every image."""
     scene = world.random_scene(rng)
     image = world.render(scene, seed=rng.randrange(2**31))
@@ -61,7 +63,8 @@ def example(rng: random.Random, questioner_share: float, caption_share: float = 
         return image, prompts.questioner_messages(), prompts.format_question(question), None
     if draw < questioner_share + caption_share:
         return image, prompts.caption_messages(), world.describe(scene), None
-    question, answer, _ = bench.training_question(scene, rng, balanced)
+    invalid = world.sample_invalid_question(scene, rng) if rng.random() < unanswerable_share else None
+    question, answer = (invalid, UNANSWERABLE) if invalid else bench.training_question(scene, rng, balanced)[:2]
     chain = world.reasoning(scene, question, rng if routes else None)
     return image, prompts.reasoner_messages(question), prompts.format_answer(chain, answer), answer
 
@@ -150,7 +153,7 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
     model.train()
     bar = tqdm(range(cfg.steps), desc="bootstrap", disable=not progress)
     for step in bar:
-        batch = [example(rng, cfg.questioner_share, cfg.caption_share, cfg.routes, cfg.balanced)
+        batch = [example(rng, cfg.questioner_share, cfg.caption_share, cfg.routes, cfg.balanced, cfg.unanswerable_share)
                  for _ in range(cfg.batch_size)]
         loss = completion_loss(model, processor, batch, cfg.emphasis)
         loss.backward()

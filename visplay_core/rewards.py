@@ -29,6 +29,17 @@ from .method import BleuForm, MethodConfig, UncertaintyForm
 _BLEU = BLEU(effective_order=True)
 
 
+UNANSWERABLE = "none"
+"""The Reasoner's answer to a question that does not apply to the image (its object is absent, or not
+unique): a majority for it makes the question invalid, so it earns the Questioner no uncertainty reward
+and is never curated. A label-free guard against drifting to unanswerable questions."""
+
+
+def answerable_confidence(vote: "Vote | None") -> float | None:
+    """The vote's confidence, or None where there is no vote or its majority says ``UNANSWERABLE``."""
+    return None if vote is None or vote.label == UNANSWERABLE else vote.confidence
+
+
 @dataclass(frozen=True)
 class Vote:
     """The outcome of a majority vote over m sampled answers.
@@ -139,7 +150,9 @@ def questioner_rewards(
     group_ids: Sequence[Hashable] | None = None,
 ) -> list[float]:
     """The Questioner's reward for each question: uncertainty - lambda * diversity penalty (ReLU'd if
-    ``method.relu``). Where the question is ``None`` (unreadable) its confidence is ignored: it gets
+    ``method.relu``). A readable question without a confidence (the Reasoner's majority found it
+    ``UNANSWERABLE``) gets ``method.invalid_reward`` minus its penalty. Where the question is ``None``
+    (unreadable) its confidence is ignored: it gets
     ``method.invalid_reward``, minus lambda times its penalty if ``method.cluster_invalid`` (it then
     joins the clustering as an empty question, a cluster of its own counted in the group's size);
     otherwise it takes no part in the clustering.
@@ -162,7 +175,7 @@ def questioner_rewards(
         group = [questions[i] or "" for i in indices]
         penalties = diversity_penalties(group, method.bleu_distance_threshold, method.bleu)
         for i, penalty in zip(indices, penalties):
-            if questions[i] is None:
+            if questions[i] is None or confidences[i] is None:
                 base = method.invalid_reward
             else:
                 base = uncertainty_reward(confidences[i], method.uncertainty)
@@ -178,13 +191,13 @@ def in_window(c: float, method: MethodConfig) -> bool:
 
 def curate(candidates: Iterable[Candidate], method: MethodConfig,
            kind_of: Callable[[str], Hashable] = lambda question: None) -> list[Candidate]:
-    """The candidates that make the Reasoner's training set, in order: those with a pseudo-label and
-    a confidence in the window, keeping the first of each (image, question) pair, where questions
+    """The candidates that make the Reasoner's training set, in order: those with a pseudo-label (not
+    ``UNANSWERABLE``) and a confidence in the window, keeping the first of each (image, question) pair, where questions
     that differ only in case or whitespace count as the same; with ``method.max_label_share``, then
     capped so no pseudo-label holds more than that share of its question kind (``kind_of``)."""
     kept: dict[tuple[str, str], Candidate] = {}
     for candidate in candidates:
-        if candidate.vote.label is None or not in_window(candidate.vote.confidence, method):
+        if candidate.vote.label in (None, UNANSWERABLE) or not in_window(candidate.vote.confidence, method):
             continue
         key = (candidate.image_id, " ".join(candidate.question.lower().split()))
         kept.setdefault(key, candidate)

@@ -13,7 +13,7 @@ from PIL import Image
 from . import bench, prompts, world
 from .answers import extract_answer, extract_question
 from .generation import make_engine
-from .rewards import Vote, majority_vote
+from .rewards import Vote, answerable_confidence, majority_vote
 
 
 def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequence[str], n: int,
@@ -47,7 +47,7 @@ class ConfidenceScorer:
 
     def confidences(self, questions: list[str | None], images: list[Image.Image]) -> list[float | None]:
         """The ``score_confidence`` hook of ``rewards.make_questioner_reward_func``."""
-        return [v.confidence if v else None for v in self.votes(images, questions)]
+        return [answerable_confidence(v) for v in self.votes(images, questions)]
 
 
 def pixel_key(image: Image.Image) -> str:

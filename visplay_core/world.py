@@ -262,6 +262,17 @@ def answer_space(answer: str) -> tuple[str, ...]:
     raise ValueError(f"{answer!r} is not an answer of the grammar")
 
 
+def sample_invalid_question(scene: Scene, rng: random.Random, tries: int = 200) -> str | None:
+    """A question of the grammar that is not valid for the scene (its oracle answer is None: the object
+    it names is absent or not unique), or None if none was found in ``tries``."""
+    for _ in range(tries):
+        _, text, fn = rng.choice(TEMPLATES)
+        slots = {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
+        if fn(scene, **slots) is None:
+            return text.format(**slots)
+    return None
+
+
 def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, answer: str | None = None,
                     tries: int = 200) -> tuple[str, str, str] | None:
     """A valid (question, answer, kind) for the scene, drawn from the grammar; optionally of one kind
