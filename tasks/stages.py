@@ -181,9 +181,9 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
     def compute(out: Path) -> dict:
         chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
         scorer = _scorer_spec(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
-        history = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
-                                   k, scorer))
-        return {"grpo": history, "steps": role.steps}
+        result = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
+                                  k, scorer))
+        return {"grpo": result.history, "steps": result.steps}
 
     result = run_stage(ctx, k, run_id, "questioner_grpo",
                        {"questioner": questioner.key, "reasoner": reasoner.key, "scoring": scoring.key}, params, compute)
@@ -245,8 +245,8 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
     def compute(out: Path) -> dict:
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
-        history = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
-        return {"grpo": history, "steps": role.steps if data else 0, "trained_on": len(data)}
+        result = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
+        return {"grpo": result.history, "steps": result.steps, "trained_on": len(data)}
 
     result = run_stage(ctx, k, run_id, "reasoner_grpo", {"reasoner": reasoner.key, "curated": curated.key},
                        params, compute)
