@@ -163,7 +163,7 @@ def _rows(job: GRPOJob, pictures: dict) -> list[dict]:
 def run_job(job: GRPOJob) -> GRPOResult:
     """Train, then save the updated model (float32, adapters merged), the trainer's log and the steps
     that ran."""
-    model = load_model(job.model, job.trust_remote_code, dtype=torch.float32)
+    model = load_model(job.model, job.trust_remote_code, dtype=torch.float32, device="cpu")  # the trainer places it
     processor = load_processor(job.model, job.trust_remote_code)
     output = Path(job.output)
     history = _History()

@@ -12,6 +12,7 @@ config, with a byte-level BPE tokenizer trained on the shapes world's language.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -110,11 +111,17 @@ def load_processor(path: str | Path, trust_remote_code: bool = False) -> Process
     return processor
 
 
-def load_model(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | str = "auto"):
+def load_model(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | str = "auto",
+               device: str | None = None):
     """Any image-text-to-text checkpoint by local path, in eval mode, in its saved dtype unless ``dtype``
-    says otherwise (training loads float32: see ``visplay_core.grpo``)."""
+    says otherwise (training loads float32: see ``visplay_core.grpo``), on ``device``: by default this
+    process's GPU when there is one (``LOCAL_RANK`` under a launcher), else the CPU."""
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    return model.eval()
+    return model.to(device or default_device()).eval()
+
+
+def default_device() -> str:
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
 
 
 def save_checkpoint(model, processor: ProcessorMixin, path: str | Path) -> None:
