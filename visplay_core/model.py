@@ -104,9 +104,10 @@ def load_processor(path: str | Path, trust_remote_code: bool = False) -> Process
     if config.get("processor_class") != ImageOnlyQwen2_5_VLProcessor.__name__:
         try:
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (AttributeError, ImportError, OSError, RuntimeError):  # no usable torchvision: fall through
+        except (AttributeError, ImportError, OSError, RuntimeError):  # no usable torchvision, no video config
             pass
-    processor = processor or ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
+    if processor is None:
+        processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -117,11 +118,8 @@ def load_model(path: str | Path, trust_remote_code: bool = False, dtype: torch.d
     says otherwise (training loads float32: see ``visplay_core.grpo``), on ``device``: by default this
     process's GPU when there is one (``LOCAL_RANK`` under a launcher), else the CPU."""
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    return model.to(device or default_device()).eval()
-
-
-def default_device() -> str:
-    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    return model.to(device or gpu).eval()
 
 
 def save_checkpoint(model, processor: ProcessorMixin, path: str | Path) -> None:
