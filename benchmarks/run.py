@@ -29,9 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from flows.self_evolution import self_evolution
+# Only what generation needs is imported here (benchmarks/gpu_check.py reuses this file on machines with
+# torch and transformers alone); the flow and the configuration are imported where used.
 from visplay_core import bench, prompts
-from visplay_core.config import BASE_CHECKPOINT, load_config
 from visplay_core.generation import generate
 from visplay_core.model import load_model, load_processor
 
@@ -41,8 +41,9 @@ def table(head: list[str], rows: list[list]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in cells])
 
 
-def throughput(m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> str:
-    model, processor = load_model(BASE_CHECKPOINT), load_processor(BASE_CHECKPOINT)
+def scoring_speed(model, processor, m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> dict[str, float]:
+    """Confidence scoring (m sampled answers to each of ``questions`` ShapesBench questions), batched with one
+    shared prefill per question and as a per-sample loop: seconds and generated tokens/s of each."""
     items = list(bench.shapes_bench())[:questions]
     images = [i.image() for i in items]
     chats = [prompts.reasoner_messages(i.question) for i in items]
@@ -58,7 +59,15 @@ def throughput(m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> st
     looped = [[generate(model, processor, [img], [chat], n=1, temperature=1.0, max_new_tokens=max_new_tokens,
                         batch_size=1, seed=j)[0][0] for j in range(m)] for img, chat in zip(images, chats)]
     looped_s = time.time() - start
-    b, l_ = tokens(batched) / batched_s, tokens(looped) / looped_s
+    return {"batched_s": batched_s, "looped_s": looped_s, "batched": tokens(batched) / batched_s,
+            "looped": tokens(looped) / looped_s}
+
+
+def throughput(m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> str:
+    from visplay_core.config import BASE_CHECKPOINT
+
+    speed = scoring_speed(load_model(BASE_CHECKPOINT), load_processor(BASE_CHECKPOINT), m, questions, max_new_tokens)
+    batched_s, looped_s, b, l_ = speed["batched_s"], speed["looped_s"], speed["batched"], speed["looped"]
     rows = [["batched, shared prefill", f"{questions}×{m}", f"{batched_s:.1f}", f"{b:.0f}", f"{b / l_:.1f}×"],
             ["per-sample loop", f"{questions}×{m}", f"{looped_s:.1f}", f"{l_:.0f}", "1.0×"]]
     return "### Confidence scoring throughput (tiny base)\n\n" + table(
@@ -66,6 +75,8 @@ def throughput(m: int = 10, questions: int = 16, max_new_tokens: int = 48) -> st
 
 
 def _run(config, home: Path) -> tuple[dict, float]:
+    from flows.self_evolution import self_evolution
+
     start = time.time()
     summary = self_evolution(config=config, home=str(home))
     return summary, time.time() - start
@@ -108,6 +119,7 @@ def timed(module, names: tuple[str, ...]):
 def breakdown_and_resume(home: Path, preset: str = "demo") -> str:
     import flows.report
     import flows.self_evolution
+    from visplay_core.config import load_config
 
     config = load_config(preset)
     start_up = prefect_start_up()
@@ -148,6 +160,8 @@ SCALING_NOTE = ("\n\nScoring and candidate generation grow with images × G; a G
 def scaling(home: Path) -> str:
     """One iteration of the demo preset as images per iteration grow (G = 8), then as G grows (32 images);
     G is the questions per image everywhere: rollout, the Questioner's GRPO group, candidates."""
+    from visplay_core.config import load_config
+
     rows = []
     for images, g in ((16, 8), (32, 8), (64, 8), (32, 4), (32, 16)):
         config = load_config("demo", ["iterations=1", f"images_per_iteration={images}", f"group_size={g}",

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 from statistics import mean
+from typing import Callable
 
 from PIL import Image
 from prefect import task
@@ -21,6 +22,7 @@ from transformers import set_seed
 from visplay_core import selfplay, world
 from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.benchmarks import evaluate_benchmark
+from visplay_core.config import code_versions
 from visplay_core.evaluate import evaluate_shapes
 from visplay_core.generation import make_engine
 from visplay_core.grpo import GRPOJob, ScorerSpec, launch
@@ -29,7 +31,13 @@ from visplay_core.measure import measure_iteration
 from visplay_core.model import load_model, load_processor
 from visplay_core.rewards import UNANSWERABLE, Candidate, Vote, answerable_confidence, curate, questioner_rewards
 
-from .tracking import RunContext, StageResult, run_stage
+from .tracking import RunContext, StageResult, run_stage, stage_key
+
+# Each stage's format number, part of its cache key with the code's versions (``code_versions``): bump it
+# when what the stage writes, or how it computes it, changes in a way its configuration does not show;
+# its finished copies are then recomputed, and so is every stage after it (their inputs' keys change).
+FORMATS = {"question_rollout": 1, "confidence_scoring": 1, "questioner_grpo": 1, "candidate_generation": 1,
+           "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 1}
 
 
 class Checkpoint(BaseModel):
@@ -97,6 +105,28 @@ def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Pa
                    trust_remote_code=cfg.trust_remote_code)
 
 
+def _versioned(stage: str, params: dict) -> dict:
+    return {**params, "code": {**code_versions(), "format": FORMATS[stage]}}
+
+
+def _stage(ctx: RunContext, k: int, run_id: str, stage: str, inputs: dict, params: dict,
+           compute: Callable[[Path], dict]) -> StageResult:
+    """``run_stage`` with the code's versions and the stage's format number in its cache key."""
+    return run_stage(ctx, k, run_id, stage, inputs, _versioned(stage, params), compute)
+
+
+def _grpo_stage(ctx: RunContext, k: int, run_id: str, stage: str, inputs: dict, params: dict,
+                compute: Callable[[Path, Path], dict]) -> StageResult:
+    """A GRPO stage: ``compute(out, work)`` keeps the trainer's checkpoints in ``HOME/work/<stage>-<key>``,
+    named by the stage's whole cache key, so only a rerun with the same settings, inputs and code resumes
+    them (never an optimizer trained with another learning rate, say); they go once the stage is recorded."""
+    params = _versioned(stage, params)
+    work = Path(ctx.home) / "work" / f"{stage}-{stage_key(stage, inputs, params)}"
+    result = run_stage(ctx, k, run_id, stage, inputs, params, lambda out: compute(out, work))
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def _vote(row: dict) -> Vote:
     return Vote(label=row["pseudo_label"], confidence=row["confidence"], votes=row["votes"], m=row["m"])
 
@@ -134,8 +164,8 @@ def question_rollout(ctx: RunContext, k: int, run_id: str, questioner: Checkpoin
         valid = sum(r["question"] is not None for r in rows)
         return {"questions": len(rows), "validity_rate": valid / len(rows)}
 
-    return run_stage(ctx, k, run_id, "question_rollout", {"questioner": questioner.key, "images": images.key},
-                     params, compute)
+    return _stage(ctx, k, run_id, "question_rollout", {"questioner": questioner.key, "images": images.key},
+                  params, compute)
 
 
 @task(name="confidence_scoring", cache_policy=NO_CACHE)
@@ -165,8 +195,8 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
         write_json(out / "grpo_images.json", informative)
         return {**_question_metrics(rows), "mean_reward": mean(rewards), "informative_images": len(informative)}
 
-    return run_stage(ctx, k, run_id, "confidence_scoring", {"reasoner": reasoner.key, "rollout": rollout.key},
-                     params, compute)
+    return _stage(ctx, k, run_id, "confidence_scoring", {"reasoner": reasoner.key, "rollout": rollout.key},
+                  params, compute)
 
 
 @task(name="questioner_grpo", cache_policy=NO_CACHE)
@@ -178,19 +208,16 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
               "lora": cfg.training.lora and cfg.training.lora.model_dump(),
               "reasoner_temperature": cfg.reasoner.temperature, "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens,
               "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
-    work = Path(ctx.home) / "work" / f"questioner_grpo-{k}-{questioner.key}-{scoring.key}"
 
-    def compute(out: Path) -> dict:
+    def compute(out: Path, work: Path) -> dict:
         chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
         scorer = _scorer_spec(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
-        history = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
-                                   k, scorer))
-        return {"grpo": history, "steps": role.steps}
+        result = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
+                                  k, scorer))
+        return {"grpo": result.history, "steps": result.steps}
 
-    result = run_stage(ctx, k, run_id, "questioner_grpo",
+    return _grpo_stage(ctx, k, run_id, "questioner_grpo",
                        {"questioner": questioner.key, "reasoner": reasoner.key, "scoring": scoring.key}, params, compute)
-    shutil.rmtree(work, ignore_errors=True)
-    return result
 
 
 @task(name="candidate_generation", cache_policy=NO_CACHE)
@@ -213,8 +240,8 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
         write_jsonl(out / "candidates.jsonl", rows)
         return _question_metrics(rows)
 
-    return run_stage(ctx, k, run_id, "candidate_generation",
-                     {"questioner": questioner.key, "reasoner": reasoner.key, "images": images.key}, params, compute)
+    return _stage(ctx, k, run_id, "candidate_generation",
+                  {"questioner": questioner.key, "reasoner": reasoner.key, "images": images.key}, params, compute)
 
 
 @task(name="threshold_filtering", cache_policy=NO_CACHE)
@@ -234,7 +261,7 @@ def threshold_filtering(ctx: RunContext, k: int, run_id: str, candidates: StageR
         return {"curated": len(curated), "kept_fraction": len(curated) / len(rows) if rows else 0.0,
                 "mean_confidence": mean(c["confidence"] for c in curated) if curated else 0.0}
 
-    return run_stage(ctx, k, run_id, "threshold_filtering", {"candidates": candidates.key}, params, compute)
+    return _stage(ctx, k, run_id, "threshold_filtering", {"candidates": candidates.key}, params, compute)
 
 
 @task(name="reasoner_grpo", cache_policy=NO_CACHE)
@@ -244,23 +271,19 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
     cfg, role = ctx.config, ctx.config.reasoner
     params = {"role": role.model_dump(), "format_weight": cfg.method.reasoner_format_weight, "ceiling": cfg.ceiling,
               "lora": cfg.training.lora and cfg.training.lora.model_dump(), "seed": cfg.seed}
-    work = Path(ctx.home) / "work" / f"reasoner_grpo-{k}-{reasoner.key}-{curated.key}"
 
-    def compute(out: Path) -> dict:
+    def compute(out: Path, work: Path) -> dict:
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
         if cfg.ceiling != "none":  # the ceiling arms: true answers in place of pseudo-labels
             scenes = scenes_by_id(images.truth, Manifest.load(images.folder))
             rows = (selfplay.oracle_labels(rows, scenes) if cfg.ceiling == "curated" else
                     selfplay.fresh_questions(scenes, images.ids, role.steps * role.prompts_per_step, cfg.seed + k))
-            data = rows
-        history = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
-        return {"grpo": history, "steps": role.steps if data else 0, "trained_on": len(data)}
+        result = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
+        return {"grpo": result.history, "steps": result.steps, "trained_on": len(rows)}
 
-    result = run_stage(ctx, k, run_id, "reasoner_grpo", {"reasoner": reasoner.key, "curated": curated.key},
+    return _grpo_stage(ctx, k, run_id, "reasoner_grpo", {"reasoner": reasoner.key, "curated": curated.key},
                        params, compute)
-    shutil.rmtree(work, ignore_errors=True)
-    return result
 
 
 @task(name="benchmark_eval", cache_policy=NO_CACHE)
@@ -294,6 +317,5 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
                 **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in shapes.items()},
                 **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
 
-    return run_stage(ctx, k, run_id, "benchmark_eval",
-                     {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()}}, params, compute)
-
+    return _stage(ctx, k, run_id, "benchmark_eval",
+                  {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()}}, params, compute)

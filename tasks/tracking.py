@@ -107,6 +107,11 @@ def cache_key(stage: str, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def stage_key(stage: str, inputs: dict[str, Any], params: dict[str, Any]) -> str:
+    """The cache key ``run_stage`` gives a stage with these inputs' keys and this configuration slice."""
+    return cache_key(stage, {"params": params, **inputs})
+
+
 def open_run(client: MlflowClient, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
     """The MLflow run tagged with ``tags`` (reopened), or a new one nested under ``parent``."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -143,7 +148,7 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     part of its cache key.
     """
     start = time.time()
-    key = cache_key(stage, {"params": params, **inputs})
+    key = stage_key(stage, inputs, params)
     folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
     client = ctx.client
     finished = finished_stage(client, ctx.experiment_id, key)

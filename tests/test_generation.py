@@ -1,15 +1,70 @@
-"""Generation engines at their seams: vLLM is not installed on CPU machines, so its engine is checked
-against a stand-in of vLLM's documented offline API (``LLM(...).generate(requests, SamplingParams)``)."""
+"""Batched generation and the engines' seams. Greedy answers do not depend on the batch (left padding,
+for the tiny base and for a checkpoint laid out as a real Qwen2.5-VL one). vLLM is not installed on CPU
+machines, so its engine is checked against a stand-in of vLLM's documented offline API
+(``LLM(...).generate(requests, SamplingParams)``)."""
 
+import json
+import random
 import sys
 import types
 
 import pytest
 
+from visplay_core import model as model_module
 from visplay_core import prompts, world
 from visplay_core.config import BASE_CHECKPOINT
-from visplay_core.generation import VLLMEngine, make_engine
-from visplay_core.model import load_processor
+from visplay_core.generation import VLLMEngine, generate, make_engine
+from visplay_core.model import ImageOnlyQwen2_5_VLProcessor, load_model, load_processor
+
+QUESTIONS = ["How many circles are there?", "Is there a red circle?",
+             "What color is the large square at the top left of the image?",
+             "How many small blue triangles are there to the left of the red circle?"]
+
+
+def _real_layout(tmp_path):
+    """The tiny base saved as a Hugging Face Qwen2.5-VL checkpoint is: ``preprocessor_config.json`` and a
+    ``Qwen2Tokenizer`` that pads on the right, both naming ``Qwen2_5_VLProcessor``; no processor_config.json."""
+    model, processor = load_model(BASE_CHECKPOINT), load_processor(BASE_CHECKPOINT)
+    model.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    processor.tokenizer.padding_side = "right"
+    processor.tokenizer.save_pretrained(tmp_path)
+    for name, extra in (("preprocessor_config.json", {}), ("tokenizer_config.json", {"tokenizer_class": "Qwen2Tokenizer"})):
+        config = json.loads((tmp_path / name).read_text())
+        (tmp_path / name).write_text(json.dumps({**config, **extra, "processor_class": "Qwen2_5_VLProcessor"}))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}))
+    return tmp_path
+
+
+def _batched_equals_one_by_one(path):
+    model, processor = load_model(path), load_processor(path)
+    assert processor.tokenizer.padding_side == "left"
+    images = [world.render(world.random_scene(random.Random(s)), seed=s) for s in range(len(QUESTIONS))]
+    conversations = [prompts.reasoner_messages(q) for q in QUESTIONS]
+    batched = generate(model, processor, images, conversations, temperature=0, max_new_tokens=40, batch_size=4)
+    alone = [generate(model, processor, [i], [c], temperature=0, max_new_tokens=40)[0] for i, c in zip(images, conversations)]
+    assert batched == alone
+
+
+def test_greedy_answers_do_not_depend_on_the_batch_for_the_tiny_base():
+    _batched_equals_one_by_one(BASE_CHECKPOINT)
+
+
+def test_greedy_answers_do_not_depend_on_the_batch_for_a_real_qwen_checkpoint_layout(tmp_path):
+    path = _real_layout(tmp_path)
+    assert type(load_processor(path).tokenizer).__name__ == "Qwen2Tokenizer"
+    _batched_equals_one_by_one(path)
+
+
+def test_a_processor_autoprocessor_builds_pads_on_the_left(tmp_path, monkeypatch):
+    """Where torchvision works (GPU machines), ``AutoProcessor`` builds the real ``Qwen2_5_VLProcessor``
+    from these files, padding on the right; here it cannot, so the same files are read by its image-only
+    subclass in ``AutoProcessor``'s place."""
+    path = _real_layout(tmp_path)
+    monkeypatch.setattr(model_module.AutoProcessor, "from_pretrained",
+                        lambda p, **kw: ImageOnlyQwen2_5_VLProcessor.from_pretrained(p))
+    assert ImageOnlyQwen2_5_VLProcessor.from_pretrained(path).tokenizer.padding_side == "right"
+    _batched_equals_one_by_one(path)
 
 
 def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +168,19 @@ class VisPlayConfig(BaseModel):
         data = self.model_dump(mode="json")
         picked = {k: data[k] for k in (keys or sorted(data))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_versions() -> dict[str, str]:
+    """What a stage computes beyond its configuration, part of every stage's cache key (with the stage's
+    own format number, ``tasks.stages.FORMATS``): the visplay package (prompts, answer matching, rewards),
+    ShapesBench's version (the world and its oracle), transformers and TRL."""
+    import transformers
+    import trl
+
+    from . import bench
+
+    return {"visplay": version("visplay"), "bench": bench.VERSION, "transformers": transformers.__version__,
+            "trl": trl.__version__}
 
 
 def preset_names() -> list[str]:

@@ -8,11 +8,19 @@ rank runs ``python -m visplay_core.grpo JOB.json`` and the main one saves the re
 
 The trainer saves checkpoints every ``save_steps`` into the job's work folder and resumes from the last
 complete one, so an interrupted GRPO stage continues where it stopped.
+
+Precision: the model trains in float32 whatever dtype it was saved in (master weights; on CUDA the
+forward and backward run under bf16 autocast), and is saved in float32: AdamW steps of the paper's
+1e-6 are below bf16's resolution near typical weights, and would vanish in bf16 weights.
+
+``prompts_per_step`` counts prompts across all processes: each of W processes trains on
+``prompts_per_step × num_generations / W`` completions per step (``per_device_batch``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from . import prompts
 from .corpus import load_images
-from .io import read_jsonl, write_jsonl
+from .io import read_jsonl, write_json, write_jsonl
 from .config import TrainingConfig
 from .method import MethodConfig
 from .model import load_model, load_processor, save_checkpoint
@@ -77,6 +85,14 @@ class GRPOJob(BaseModel):
     trust_remote_code: bool = False
 
 
+class GRPOResult(BaseModel):
+    """What a GRPO job did: the optimizer steps that ran (fewer than asked when the rows cannot fill a
+    step) and the trainer's log."""
+
+    steps: int
+    history: list[dict]
+
+
 class _History(TrainerCallback):
     def __init__(self):
         self.rows: list[dict] = []
@@ -95,17 +111,29 @@ def _peft_config(lora):
                       task_type="CAUSAL_LM")
 
 
+def per_device_batch(prompts_per_step: int, num_generations: int, world_size: int) -> int:
+    """Completions each of ``world_size`` processes trains on per step, so that one step covers
+    ``prompts_per_step`` prompts in all, each with ``num_generations`` completions."""
+    completions = prompts_per_step * num_generations
+    if completions % world_size:
+        raise ValueError(f"prompts_per_step × num_generations = {prompts_per_step} × {num_generations} = {completions} "
+                         f"completions per step cannot be split evenly over {world_size} processes: choose "
+                         f"prompts_per_step so that the product is a multiple of {world_size}")
+    return completions // world_size
+
+
 def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_funcs: list[Callable],
                  reward_weights: list[float] | None, callbacks: list) -> GRPOTrainer:
     """TRL's trainer for ``rows`` (each ``{"prompt", "image", ...}``), configured from the job."""
+    from accelerate import PartialState
     from datasets import Dataset
 
     cuda, training = torch.cuda.is_available(), job.training
+    batch = per_device_batch(job.prompts_per_step, job.num_generations, PartialState().num_processes)
     args = GRPOConfig(
         output_dir=job.work_dir, max_steps=job.steps, learning_rate=job.learning_rate,
         lr_scheduler_type=job.lr_scheduler, warmup_steps=job.warmup_steps, scale_rewards=job.scale_rewards,
-        loss_type=job.loss_type,
-        per_device_train_batch_size=job.prompts_per_step * job.num_generations, gradient_accumulation_steps=1,
+        loss_type=job.loss_type, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
         num_generations=job.num_generations, max_completion_length=job.max_new_tokens, temperature=job.temperature,
         top_k=0, top_p=1.0, beta=job.kl_beta, reward_weights=reward_weights, logging_steps=1,
         save_strategy="steps", save_steps=job.save_steps, save_only_model=False, report_to="none",
@@ -152,9 +180,10 @@ def _rows(job: GRPOJob, pictures: dict) -> list[dict]:
              "pseudo_label": r["pseudo_label"]} for r in job.rows]
 
 
-def run_job(job: GRPOJob) -> list[dict]:
-    """Train, then save the updated model (adapters merged) and the trainer's log; returns the log."""
-    model = load_model(job.model, job.trust_remote_code)
+def run_job(job: GRPOJob) -> GRPOResult:
+    """Train, then save the updated model (float32, adapters merged), the trainer's log and the steps
+    that ran."""
+    model = load_model(job.model, job.trust_remote_code, dtype=torch.float32, device="cpu")  # the trainer places it
     processor = load_processor(job.model, job.trust_remote_code)
     output = Path(job.output)
     history = _History()
@@ -167,18 +196,28 @@ def run_job(job: GRPOJob) -> list[dict]:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if job.training.lora is not None:
             model = model.merge_and_unload()
+    result = GRPOResult(steps=trainer.state.global_step if trainer else 0, history=history.rows)
     if trainer is None or trainer.accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         save_checkpoint(model, processor, output / "model")
         write_jsonl(output / "history.jsonl", history.rows)
-    return history.rows
+        write_json(output / "steps.json", result.steps)
+    return result
 
 
-def launch(job: GRPOJob) -> list[dict]:
-    """Run ``job`` with its launcher; returns the trainer's log. A launched process that fails raises
-    ``RuntimeError`` with the end of its log (the whole log is in the work folder)."""
-    if job.training.launcher == "in-process":
-        return run_job(job)
+def launch(job: GRPOJob) -> GRPOResult:
+    """Run ``job`` with its launcher; returns what it did, and warns when fewer steps ran than asked. A
+    launched process that fails raises ``RuntimeError`` with the end of its log (the whole log is in the
+    work folder)."""
+    result = run_job(job) if job.training.launcher == "in-process" else _launch_process(job)
+    if result.steps < job.steps:
+        logging.getLogger("visplay").warning(
+            f"GRPO {job.role}: {result.steps} of {job.steps} steps ran ({len(job.rows)} rows for "
+            f"{job.prompts_per_step} prompts per step: a step needs a whole batch of prompts)")
+    return result
+
+
+def _launch_process(job: GRPOJob) -> GRPOResult:
     work = Path(job.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     spec = work / "job.json"
@@ -193,7 +232,8 @@ def launch(job: GRPOJob) -> list[dict]:
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"GRPO {job.role} job failed (exit {code}; {' '.join(command)}); full log: {log}\n{tail}")
-    return read_jsonl(Path(job.output) / "history.jsonl")
+    output = Path(job.output)
+    return GRPOResult(steps=json.loads((output / "steps.json").read_text()), history=read_jsonl(output / "history.jsonl"))
 
 
 def last_complete_checkpoint(work_dir: str | Path) -> str | None:

@@ -12,6 +12,7 @@ config, with a byte-level BPE tokenizer trained on the shapes world's language.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -95,22 +96,30 @@ def build_tiny_vlm(texts: list[str], seed: int = 0) -> tuple[Qwen2_5_VLForCondit
 
 
 def load_processor(path: str | Path, trust_remote_code: bool = False) -> ProcessorMixin:
-    """The checkpoint's processor; the image-only one where ``AutoProcessor`` cannot be built."""
+    """The checkpoint's processor (the image-only one where ``AutoProcessor`` cannot be built), padding on
+    the left: batched generation continues each prompt from its last token, whatever the checkpoint's
+    tokenizer says (Qwen2.5-VL's own pads on the right)."""
     config = json.loads((Path(path) / "processor_config.json").read_text()) if (Path(path) / "processor_config.json").exists() else {}
+    processor = None
     if config.get("processor_class") != ImageOnlyQwen2_5_VLProcessor.__name__:
         try:
-            return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (AttributeError, ImportError, RuntimeError):  # no usable torchvision: fall through
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (AttributeError, ImportError, OSError, RuntimeError):  # no usable torchvision, no video config
             pass
-    processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
+    if processor is None:
+        processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "left"
     return processor
 
 
-def load_model(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | str = "auto"):
-    """Any image-text-to-text checkpoint by local path, in eval mode."""
+def load_model(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | str = "auto",
+               device: str | None = None):
+    """Any image-text-to-text checkpoint by local path, in eval mode, in its saved dtype unless ``dtype``
+    says otherwise (training loads float32: see ``visplay_core.grpo``), on ``device``: by default this
+    process's GPU when there is one (``LOCAL_RANK`` under a launcher), else the CPU."""
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    return model.eval()
+    gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    return model.to(device or gpu).eval()
 
 
 def save_checkpoint(model, processor: ProcessorMixin, path: str | Path) -> None:
