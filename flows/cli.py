@@ -55,7 +55,7 @@ def cmd_eval(args) -> int:
     for name in names:
         try:
             results[name] = (evaluate_shapes(model, processor, limit=args.limit, votes=args.votes,
-                                             temperature=args.temperature) if name == "shapes" else
+                                             temperature=args.temperature, split=args.split) if name == "shapes" else
                              evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge,
                                                 votes=args.votes, temperature=args.temperature))
         except BenchmarkError as e:
@@ -259,14 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run (or resume) self-evolution from a config file or preset")
-    p.add_argument("--config", required=True, help="YAML file or preset name (smoke, demo, paper-3b, paper-7b)")
+    p.add_argument("--config", required=True, help="YAML file or preset name (smoke, demo, study, paper-3b, paper-7b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--home", default=".visplay", help="run home: stages, MLflow store, summaries (default ./.visplay)")
     p.add_argument("--name", help="run name (default: preset and config hash; the same name resumes)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the embedded default end to end")
-    p.add_argument("--preset", default="demo", choices=["smoke", "demo"])
+    p.add_argument("--preset", default="demo", choices=["smoke", "demo", "study"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--home", default=".visplay")
     p.add_argument("--name")
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--votes", type=int, default=0, metavar="M", help="also sample M answers per item "
                    "and report pass@1, majority-vote accuracy and token entropy (headroom = majority - greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --votes (default 1.0)")
+    p.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="ShapesBench items: test (claims) or validation (an independent draw to choose settings on)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

@@ -34,7 +34,7 @@ def _local_overrides(name, checkpoint):
 
 
 def test_preset_names():
-    assert preset_names() == ["demo", "paper-3b", "paper-7b", "smoke"]
+    assert preset_names() == ["demo", "paper-3b", "paper-7b", "smoke", "study"]
 
 
 @pytest.mark.parametrize("name", ["demo", "paper-3b", "paper-7b", "smoke"])
