@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +15,9 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                      "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_key, _value)
+
+PREFECT_GRACE_SECONDS = 10  # how long a run waits for its Prefect server to answer again
+SERVE_GRACE_SECONDS = 3  # and `serve`, which has nothing to lose
 
 
 def _model_path(value: str) -> Path:
@@ -76,17 +81,72 @@ def _shapes_table(scores: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _exit_now(message: str, code: int = 1) -> None:
+    """One line on stderr, then leave at once: nothing further can reach a Prefect server that is gone (its
+    client would retry each call for a minute). Stages are atomic and the run lock is the kernel's, so the
+    rerun restores every finished stage. Child processes (flow runs, GRPO jobs) are stopped first."""
+    import psutil
+
+    print(f"visplay: {message}", file=sys.stderr, flush=True)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.terminate()
+    for child in psutil.wait_procs(children, timeout=3)[1]:
+        child.kill()
+    os._exit(code)
+
+
+def _watch_prefect(what: str, grace: float) -> None:
+    """Leave promptly, with one line, when the Prefect server this process uses stops answering."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        from flows.servers import watch_prefect
+
+        watch_prefect(api, grace, lambda why: _exit_now(f"{why}; {what}"))
+
+
+class _TracebackOnce(logging.Formatter):
+    """Show an exception's traceback on the console the first time it is logged only: Prefect logs it again
+    for every task and flow it leaves (the UI's logs keep each copy)."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner, self.shown = inner, []
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and any(error is e for e in self.shown):
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = None
+        elif error is not None:
+            self.shown = [*self.shown[-15:], error]
+        return self.inner.format(record)
+
+
+def _tracebacks_once() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _TracebackOnce):
+            handler.setFormatter(_TracebackOnce(handler.formatter))
+
+
 def _run_flow(config, home: str, name: str | None) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(home))  # before prefect is imported: its settings are read then
+    _watch_prefect("the run stops here; run the same command again to resume from its finished stages",
+                   PREFECT_GRACE_SECONDS)
     from flows.self_evolution import self_evolution
     from tasks.tracking import RunInProgressError
 
+    _tracebacks_once()
     try:
         self_evolution(config=config, home=home, run_name=name)
     except RunInProgressError as e:
         raise SystemExit(f"visplay: {e}")
+    except Exception as e:  # Prefect has logged its traceback once already
+        raise SystemExit(f"visplay: run failed: {type(e).__name__}: {e}")
     return 0
 
 
@@ -171,7 +231,8 @@ def cmd_down(args) -> int:
     from flows.servers import down
 
     stopped = down(Path(args.home))
-    print(f"stopped {', '.join(stopped)}" if stopped else f"no servers recorded in {Path(args.home) / 'servers.json'}")
+    print(f"stopped {' and '.join(stopped)}" if stopped else
+          f"nothing to stop: no server of {Path(args.home) / 'servers.json'} was running")
     return 0
 
 
@@ -183,6 +244,7 @@ def cmd_serve(args) -> int:
 
     if not get_current_settings().api.url:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
+    _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
     from flows.deploy import serve
 
     serve(args.home, cron=args.cron, timezone=args.timezone)
