@@ -106,8 +106,9 @@ def _watch_prefect(what: str, grace: float) -> None:
 
 
 class _TracebackOnce(logging.Formatter):
-    """Show an exception's traceback on the console the first time it is logged only: Prefect logs it again
-    for every task and flow it leaves (the UI's logs keep each copy)."""
+    """On the console, show an error's traceback the first time it is logged only (Prefect logs it again for
+    every task and flow it leaves) and none under warnings (Prefect's clients warn with a traceback when
+    their server goes away). The UI's logs keep every copy."""
 
     def __init__(self, inner: logging.Formatter):
         super().__init__()
@@ -115,7 +116,7 @@ class _TracebackOnce(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and any(error is e for e in self.shown):
+        if error is not None and (record.levelno < logging.ERROR or any(error is e for e in self.shown)):
             record = copy.copy(record)
             record.exc_info = record.exc_text = None
         elif error is not None:
@@ -246,6 +247,8 @@ def cmd_serve(args) -> int:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
     _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
     from flows.deploy import serve
+
+    _tracebacks_once()
 
     serve(args.home, cron=args.cron, timezone=args.timezone)
     return 0
