@@ -10,8 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-# Offline by default: nothing is fetched from a model hub, no telemetry.
+# Offline by default: nothing is fetched from a model hub, no telemetry; one progress bar per training stage
+# (none for loading and saving checkpoints).
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                      "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_key, _value)

@@ -20,7 +20,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, Field
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from . import prompts
@@ -81,6 +81,14 @@ class _History(TrainerCallback):
             self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
 
+class _ProgressBar(ProgressCallback):
+    """The trainer's progress bar, without the raw log dicts it would print under it: those go to the
+    stage's history.jsonl and its MLflow metrics."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 def _peft_config(lora):
     if lora is None:
         return None
@@ -107,8 +115,11 @@ def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_fu
         vllm_gpu_memory_utilization=training.vllm_gpu_memory_utilization,
         disable_tqdm=False, dataloader_num_workers=0,
     )
-    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
-                       processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
+                          processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_ProgressBar)
+    return trainer
 
 
 def _reward_funcs(job: GRPOJob, pictures: dict) -> tuple[list[Callable], list[float] | None]:
