@@ -23,6 +23,7 @@ from flows.self_evolution import STAGES, self_evolution
 from flows.servers import down, read_servers, up
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config
+from visplay_core.io import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ KILLER = textwrap.dedent("""
     grpo.save_checkpoint = save_then_die
     from flows.self_evolution import self_evolution
     from visplay_core.config import load_config
+from visplay_core.io import read_jsonl
     self_evolution(config=load_config("smoke", ["iterations=1"]), home=sys.argv[1])
 """)
 
@@ -94,6 +96,28 @@ def test_a_failed_run_prints_its_traceback_once_and_one_last_line(tmp_path):
     assert done.stderr.count("Traceback (most recent call last)") == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == ("visplay: run failed: ValueError: Unrecognized model in "
                                                     f"{bad}. Should have a `model_type` key in its config.json.")
+
+
+def test_a_grpo_stage_shows_one_progress_bar_and_keeps_the_trainers_log_dicts_off_the_terminal(tmp_path, capfd):
+    from visplay_core.config import BASE_CHECKPOINT
+    from visplay_core.corpus import ingest, write_embedded_corpus
+    from visplay_core.grpo import GRPOJob, launch
+    from visplay_core.method import MethodConfig
+
+    world = write_embedded_corpus(tmp_path / "world", 2, seed=0)
+    ids = [m["id"] for m in ingest(world / "images", tmp_path / "corpus", max_pixels=112 * 112).images]
+    job = GRPOJob(role="reasoner", model=str(BASE_CHECKPOINT), output=str(tmp_path / "out"), work_dir=str(tmp_path / "work"),
+                  images_folder=str(tmp_path / "corpus"), steps=2, learning_rate=1e-3, prompts_per_step=1,
+                  rows=[{"image_id": i, "question": "How many circles are there?", "pseudo_label": "1"} for i in ids],
+                  num_generations=4, temperature=1.5, max_new_tokens=16, save_steps=1, kl_beta=0.0, seed=0,
+                  method=MethodConfig())
+    history = launch(job)
+    printed = capfd.readouterr()
+    terminal = printed.out + printed.err
+    assert "'loss'" not in terminal and "train_runtime" not in terminal, terminal
+    assert "2/2 [" in terminal  # the trainer's bar
+    logged = read_jsonl(tmp_path / "out" / "history.jsonl")
+    assert logged == history and [r["step"] for r in logged if "loss" in r] == [1, 2]
 
 
 # Real servers of a home of their own (`visplay up`), killed under a running `visplay run`.
@@ -151,6 +175,8 @@ def test_mlflow_server_killed_and_restarted_mid_run_loses_nothing(served_home):
     assert restarted["prefect"] == servers["prefect"] and restarted["mlflow"]["pid"] != servers["mlflow"]["pid"]
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
+    assert "'loss'" not in out + err and "Loading weights" not in err and "Traceback" not in err  # one bar per GRPO stage
+    assert out.strip().splitlines()[-2].startswith("base ")  # ends with the summary table
     client = MlflowClient(servers["mlflow"]["api"])
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.run` = 'mlflow-restarted' and tags.`visplay.complete` = 'true'")
