@@ -140,12 +140,17 @@ def _run_flow(config, home: str, name: str | None) -> int:
     use_servers(Path(home))  # before prefect is imported: its settings are read then
     _watch_prefect("the run stops here; run the same command again to resume from its finished stages",
                    PREFECT_GRACE_SECONDS)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows.self_evolution import self_evolution
     from tasks.tracking import RunInProgressError
 
     _tracebacks_once()
     try:
-        self_evolution(config=config, home=home, run_name=name)
+        # No flow-run heartbeats from the command line: each flow's end waits up to a second for its heartbeat
+        # thread, and they serve only Prefect automations that mark silent runs crashed. Served runs keep them.
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            self_evolution(config=config, home=home, run_name=name)
     except RunInProgressError as e:
         raise SystemExit(f"visplay: {e}")
     except Exception as e:  # Prefect has logged its traceback once already
