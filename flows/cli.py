@@ -256,7 +256,6 @@ def cmd_serve(args) -> int:
     from flows.deploy import serve
 
     _tracebacks_once()
-
     serve(args.home, cron=args.cron, timezone=args.timezone)
     return 0
 
