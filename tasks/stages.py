@@ -20,11 +20,12 @@ from pydantic import BaseModel
 from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration
+from visplay_core.rewards import Candidate, Vote, curate, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage
 
-# torch, transformers, TRL and the method's modules are imported where a stage computes, so that a run whose
-# stages are all restored starts in seconds.
+# torch, transformers and TRL (and the modules that import them) are imported where a stage computes, so
+# that a run whose stages are all restored starts in seconds.
 
 
 class Checkpoint(BaseModel):
@@ -68,14 +69,14 @@ class ImageSet(BaseModel):
 
 def _engine(ctx: RunContext, checkpoint: Checkpoint):
     from visplay_core.generation import make_engine
-    
+
     return make_engine(checkpoint.path, ctx.config.engine, ctx.config.trust_remote_code, ctx.config.seed)
 
 
 def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> ScorerSpec:
     """The Reasoner's vote: the model's, or the oracle's when the config asks for an oracle Reasoner."""
     from visplay_core.grpo import ScorerSpec
-    
+
     cfg = ctx.config
     return ScorerSpec(reasoner=reasoner.path, m=m, temperature=cfg.reasoner.temperature,
                       max_new_tokens=cfg.reasoner.max_new_tokens, seed=seed, engine=cfg.engine,
@@ -85,14 +86,14 @@ def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int
 
 def _scorer(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> selfplay.ConfidenceScorer:
     from visplay_core import selfplay
-    
+
     return selfplay.make_scorer(_scorer_spec(ctx, reasoner, images, m, seed), images.folder, images.load())
 
 
 def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Path, images: ImageSet, rows: list[dict],
               k: int, scorer: ScorerSpec | None = None) -> GRPOJob:
     from visplay_core.grpo import GRPOJob
-    
+
     cfg = ctx.config
     return GRPOJob(role=role, model=model.path, output=str(out), work_dir=str(work), images_folder=images.folder,
                    rows=rows, **getattr(cfg, role).model_dump(), kl_beta=cfg.kl_beta, seed=cfg.seed + k,
@@ -101,8 +102,6 @@ def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Pa
 
 
 def _vote(row: dict) -> Vote:
-    from visplay_core.rewards import Vote
-    
     return Vote(label=row["pseudo_label"], confidence=row["confidence"], votes=row["votes"], m=row["m"])
 
 
@@ -132,7 +131,7 @@ def question_rollout(ctx: RunContext, k: int, run_id: str, questioner: Checkpoin
     def compute(out: Path) -> dict:
         from transformers import set_seed
         from visplay_core import selfplay
-        
+
         set_seed(cfg.seed + k)
         rows = selfplay.write_questions(_engine(ctx, questioner), images.load(), images.ids, n=cfg.group_size,
                                         temperature=cfg.questioner.temperature,
@@ -158,8 +157,7 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
     def compute(out: Path) -> dict:
         from transformers import set_seed
         from visplay_core import selfplay
-        from visplay_core.rewards import questioner_rewards
-        
+
         set_seed(cfg.seed + k)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k),
                                    images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
@@ -192,7 +190,7 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
 
     def compute(out: Path) -> dict:
         from visplay_core.grpo import launch
-        
+
         chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
         scorer = _scorer_spec(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
         history = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
@@ -218,7 +216,7 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
     def compute(out: Path) -> dict:
         from transformers import set_seed
         from visplay_core import selfplay
-        
+
         set_seed(cfg.seed + k)
         pictures = images.load()
         rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
@@ -239,8 +237,6 @@ def threshold_filtering(ctx: RunContext, k: int, run_id: str, candidates: StageR
     params = {"tau_low": method.tau_low, "tau_high": method.tau_high}
 
     def compute(out: Path) -> dict:
-        from visplay_core.rewards import Candidate, curate
-        
         rows = [r for r in read_jsonl(Path(candidates.folder) / "candidates.jsonl") if r["question"] is not None]
         kept = curate([Candidate(r["image_id"], r["question"], _vote(r)) for r in rows], method)
         curated = [{"image_id": c.image_id, "question": c.question, "pseudo_label": c.vote.label,
@@ -263,7 +259,7 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
 
     def compute(out: Path) -> dict:
         from visplay_core.grpo import launch
-        
+
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
         history = launch(_grpo_job(ctx, "reasoner", reasoner, out, work, images, rows, k))
@@ -289,7 +285,7 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
         from visplay_core.benchmarks import evaluate_benchmark
         from visplay_core.evaluate import evaluate_shapes
         from visplay_core.model import load_model, load_processor
-        
+
         set_seed(cfg.seed)
         model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
         results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled)
