@@ -59,7 +59,6 @@ KILLER = textwrap.dedent("""
     grpo.save_checkpoint = save_then_die
     from flows.self_evolution import self_evolution
     from visplay_core.config import load_config
-from visplay_core.io import read_jsonl
     self_evolution(config=load_config("smoke", ["iterations=1"]), home=sys.argv[1])
 """)
 
