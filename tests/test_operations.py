@@ -220,6 +220,15 @@ print("prefect-ok")
 """
 
 
+def test_starting_a_run_imports_no_torch_transformers_or_trl():
+    """A rerun whose stages are all restored must not pay for the training stack: stages import it when they
+    compute."""
+    probe = ("import sys, flows.cli, flows.deploy, flows.self_evolution; "
+             "print(' '.join(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr[-2000:]
+
+
 def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     deployment = served["deployment"]
     [schedule] = deployment.schedules
