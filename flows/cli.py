@@ -20,6 +20,7 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
 
 PREFECT_GRACE_SECONDS = 10  # how long a run waits for its Prefect server to answer again
 SERVE_GRACE_SECONDS = 3  # and `serve`, which has nothing to lose
+STOPPED_RUN = "the run stops here; run the same command again to resume from its finished stages"
 
 
 def _model_path(value: str) -> Path:
@@ -138,8 +139,7 @@ def _run_flow(config, home: str, name: str | None) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(home))  # before prefect is imported: its settings are read then
-    _watch_prefect("the run stops here; run the same command again to resume from its finished stages",
-                   PREFECT_GRACE_SECONDS)
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.self_evolution import self_evolution
@@ -178,6 +178,7 @@ def cmd_sweep(args) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(args.home))
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
     from flows.experiments import sweep
     from visplay_core.config import ConfigError
 
@@ -192,6 +193,7 @@ def cmd_experiment(args) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(args.home))
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
     from flows.experiments import shipped_grids, sweep
     from visplay_core.config import ConfigError
 
@@ -230,6 +232,8 @@ def cmd_up(args) -> int:
         raise SystemExit(f"visplay up: {e}")
     print(f"Prefect  {servers['prefect']['url']}   (API {servers['prefect']['api']})")
     print(f"MLflow   {servers['mlflow']['url']}")
+    if servers["prefect"].get("auth"):
+        print(f"both require the credentials in {Path(args.home) / 'credentials.json'} (mode 0600), which visplay uses")
     print(f"recorded in {Path(args.home) / 'servers.json'}: `visplay run/demo/serve --home {args.home}` use them; "
           f"`visplay down --home {args.home}` stops them")
     return 0

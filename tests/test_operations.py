@@ -177,6 +177,7 @@ def test_off_loopback_both_servers_refuse_requests_without_the_homes_credentials
                        "--mlflow-port", str(_free_port()))
     try:
         assert started.returncode == 0, started.stdout + started.stderr
+        assert f"credentials in {home / 'credentials.json'} (mode 0600)" in started.stdout
         info = json.loads((home / "servers.json").read_text())
         creds = json.loads((home / "credentials.json").read_text())
         assert (home / "credentials.json").stat().st_mode & 0o777 == 0o600
