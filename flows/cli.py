@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-# Offline by default: nothing is fetched from a model hub, no telemetry.
+# Offline by default: nothing is fetched from a model hub, no telemetry; one progress bar per training stage
+# (none for loading and saving checkpoints).
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                      "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_key, _value)
+
+PREFECT_GRACE_SECONDS = 10  # how long a run waits for its Prefect server to answer again
+SERVE_GRACE_SECONDS = 3  # and `serve`, which has nothing to lose
+STOPPED_RUN = "the run stops here; run the same command again to resume from its finished stages"
 
 
 def _model_path(value: str) -> Path:
@@ -92,17 +100,77 @@ def _shapes_table(scores: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _exit_now(message: str, code: int = 1) -> None:
+    """One line on stderr, then leave at once: nothing further can reach a Prefect server that is gone (its
+    client would retry each call for a minute). Stages are atomic and the run lock is the kernel's, so the
+    rerun restores every finished stage. Child processes (flow runs, GRPO jobs) are stopped first."""
+    import psutil
+
+    print(f"visplay: {message}", file=sys.stderr, flush=True)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.terminate()
+    for child in psutil.wait_procs(children, timeout=3)[1]:
+        child.kill()
+    os._exit(code)
+
+
+def _watch_prefect(what: str, grace: float) -> None:
+    """Leave promptly, with one line, when the Prefect server this process uses stops answering."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        from flows.servers import watch_prefect
+
+        watch_prefect(api, grace, lambda why: _exit_now(f"{why}; {what}"))
+
+
+class _TracebackOnce(logging.Formatter):
+    """On the console, show an error's traceback the first time it is logged only (Prefect logs it again for
+    every task and flow it leaves) and none under warnings (Prefect's clients warn with a traceback when
+    their server goes away). The UI's logs keep every copy."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner, self.shown = inner, []
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (record.levelno < logging.ERROR or any(error is e for e in self.shown)):
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = None
+        elif error is not None:
+            self.shown = [*self.shown[-15:], error]
+        return self.inner.format(record)
+
+
+def _tracebacks_once() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _TracebackOnce):
+            handler.setFormatter(_TracebackOnce(handler.formatter))
+
+
 def _run_flow(config, home: str, name: str | None) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(home))  # before prefect is imported: its settings are read then
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows.self_evolution import self_evolution
     from tasks.tracking import RunInProgressError
 
+    _tracebacks_once()
     try:
-        self_evolution(config=config, home=home, run_name=name)
+        # No flow-run heartbeats from the command line: each flow's end waits up to a second for its heartbeat
+        # thread, and they serve only Prefect automations that mark silent runs crashed. Served runs keep them.
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            self_evolution(config=config, home=home, run_name=name)
     except RunInProgressError as e:
         raise SystemExit(f"visplay: {e}")
+    except Exception as e:  # Prefect has logged its traceback once already
+        raise SystemExit(f"visplay: run failed: {type(e).__name__}: {e}")
     return 0
 
 
@@ -126,6 +194,7 @@ def cmd_sweep(args) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(args.home))
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
     from flows.experiments import sweep
     from visplay_core.config import ConfigError
 
@@ -140,6 +209,7 @@ def cmd_experiment(args) -> int:
     from flows.servers import use_servers
 
     use_servers(Path(args.home))
+    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
     from flows.experiments import shipped_grids, sweep
     from visplay_core.config import ConfigError
 
@@ -178,6 +248,8 @@ def cmd_up(args) -> int:
         raise SystemExit(f"visplay up: {e}")
     print(f"Prefect  {servers['prefect']['url']}   (API {servers['prefect']['api']})")
     print(f"MLflow   {servers['mlflow']['url']}")
+    if servers["prefect"].get("auth"):
+        print(f"both require the credentials in {Path(args.home) / 'credentials.json'} (mode 0600), which visplay uses")
     print(f"recorded in {Path(args.home) / 'servers.json'}: `visplay run/demo/serve --home {args.home}` use them; "
           f"`visplay down --home {args.home}` stops them")
     return 0
@@ -187,7 +259,8 @@ def cmd_down(args) -> int:
     from flows.servers import down
 
     stopped = down(Path(args.home))
-    print(f"stopped {', '.join(stopped)}" if stopped else f"no servers recorded in {Path(args.home) / 'servers.json'}")
+    print(f"stopped {' and '.join(stopped)}" if stopped else
+          f"nothing to stop: no server of {Path(args.home) / 'servers.json'} was running")
     return 0
 
 
@@ -199,8 +272,10 @@ def cmd_serve(args) -> int:
 
     if not get_current_settings().api.url:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
+    _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
     from flows.deploy import serve
 
+    _tracebacks_once()
     serve(args.home, cron=args.cron, timezone=args.timezone)
     return 0
 

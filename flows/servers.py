@@ -2,43 +2,94 @@
 
 Each server runs in a process group of its own (a new session), bound to 127.0.0.1 unless asked
 otherwise, with its state under HOME (``prefect/`` for Prefect's database, ``mlflow.db`` and
-``mlartifacts/`` for MLflow, ``logs/``). Their pids and URLs go to ``HOME/servers.json``: ``down`` stops
-exactly those process groups, and ``use_servers`` points a run at them.
+``mlartifacts/`` for MLflow, ``logs/``). Their pids, ports and URLs go to ``HOME/servers.json``: ``down``
+stops exactly those process groups, and ``use_servers`` points a run at them.
+
+A server counts as up only when its health check answers *and* its own process group listens on its
+port: a port taken by another program (another home's servers) fails ``up`` with the port and its holder
+named, never a success that would log into someone else's store. Off loopback both servers require
+authentication (Prefect's basic auth string, MLflow's basic-auth app) with credentials generated once
+into ``HOME/credentials.json`` (mode 0600), which ``use_servers`` hands to Prefect and MLflow clients.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
 from visplay_core.io import write_json
 
 SERVERS_FILE = "servers.json"
+CREDENTIALS_FILE = "credentials.json"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int) -> dict[str, dict]:
-    """How to start each server: command, extra environment, the URL clients use and its health check."""
+class ServerError(RuntimeError):
+    """A server could not be started, or something else answers in its place."""
+
+
+def credentials(home: Path) -> dict[str, str]:
+    """The home's server credentials, generated on first use into HOME/credentials.json (mode 0600)."""
+    path = Path(home) / CREDENTIALS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {"prefect_auth_string": f"visplay:{secrets.token_urlsafe(24)}", "mlflow_username": "visplay",
+             "mlflow_password": secrets.token_urlsafe(24), "mlflow_secret_key": secrets.token_urlsafe(32)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f, indent=1)
+    os.replace(tmp, path)
+    return creds
+
+
+def _mlflow_auth_config(home: Path, username: str) -> Path:
+    """MLflow's basic-auth settings for this home: its users in HOME/mlflow-auth.db, ``username`` the admin."""
+    path = home / "mlflow-auth.ini"
+    path.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{home / 'mlflow-auth.db'}\n"
+                    f"admin_username = {username}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
+
+
+def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int, creds: dict | None) -> dict[str, dict]:
+    """How to start each server: command, extra environment, its port, the URL clients use and its health
+    check. ``creds``: require authentication with these credentials."""
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     prefect_url, mlflow_url = f"http://{connect}:{prefect_port}", f"http://{connect}:{mlflow_port}"
+    prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    mlflow_argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
+                   "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                   "--artifacts-destination", str(home / "mlartifacts")]
+    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_TELEMETRY": "false"}
+    if creds:
+        prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = creds["prefect_auth_string"]
+        mlflow_argv += ["--app-name", "basic-auth"]
+        mlflow_env.update({"MLFLOW_AUTH_CONFIG_PATH": str(_mlflow_auth_config(home, creds["mlflow_username"])),
+                           "MLFLOW_AUTH_ADMIN_USERNAME": creds["mlflow_username"],
+                           "MLFLOW_AUTH_ADMIN_PASSWORD": creds["mlflow_password"],
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_secret_key"]})
     return {
         "prefect": {
             "argv": [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port)],
-            "env": {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+            "env": prefect_env, "port": prefect_port,
             "url": prefect_url, "api": f"{prefect_url}/api", "health": f"{prefect_url}/api/health",
         },
         "mlflow": {
-            "argv": [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
-                     "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                     "--artifacts-destination", str(home / "mlartifacts")],
-            "env": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_TELEMETRY": "false"},
+            "argv": mlflow_argv, "env": mlflow_env, "port": mlflow_port,
             "url": mlflow_url, "api": mlflow_url, "health": f"{mlflow_url}/health",
         },
     }
@@ -55,10 +106,6 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-def healthy(servers: dict | None) -> bool:
-    return bool(servers) and all(_answers(s["health"]) for s in servers.values())
 
 
 def _members(server: dict) -> list[psutil.Process]:
@@ -81,71 +128,160 @@ def _members(server: dict) -> list[psutil.Process]:
     return found
 
 
-def _stop(server: dict, timeout: float) -> None:
-    """SIGTERM the whole process group, SIGKILL what is left after ``timeout`` seconds."""
+def _listens(server: dict) -> bool:
+    """Whether the server's own process group listens on its port."""
+    for proc in _members(server):
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == server["port"] for c in proc.net_connections("inet")):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def answering(server: dict) -> bool:
+    """The server answers its health check from its own process (not a stranger on the same port)."""
+    return "port" in server and _answers(server["health"]) and _listens(server)
+
+
+def healthy(servers: dict | None) -> bool:
+    return bool(servers) and all(answering(s) for s in servers.values())
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who holds ``port`` on ``host`` ("pid N: command line"), or None when it is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+        try:
+            s.bind((host, port))
+            return None
+        except OSError:
+            pass
+    for conn in psutil.net_connections("inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            try:
+                return f"pid {conn.pid}: {' '.join(psutil.Process(conn.pid).cmdline())[:300]}"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return "another process"
+
+
+def _stop(server: dict, timeout: float) -> bool:
+    """SIGTERM the whole process group, SIGKILL what is left after ``timeout`` seconds; False when nothing
+    of it was running."""
+    stopped = False
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
         members = _members(server)
         if not members:
-            return
+            return stopped
         try:
             os.killpg(server["pid"], sig)
         except ProcessLookupError:
-            return
+            return stopped
+        stopped = True
         psutil.wait_procs(members, timeout=wait)
     if _members(server):
-        raise RuntimeError(f"process group {server['pid']} survived SIGKILL")
+        raise ServerError(f"process group {server['pid']} survived SIGKILL")
+    return stopped
 
 
 def down(home: Path, timeout: float = 15) -> list[str]:
-    """Stop the servers recorded in HOME/servers.json; returns the names of those that were recorded."""
+    """Stop the servers recorded in HOME/servers.json; returns the names of those that were running."""
     home = Path(home).resolve()
     servers = read_servers(home) or {}
-    for server in servers.values():
-        _stop(server, timeout)
+    stopped = [name for name, server in servers.items() if _stop(server, timeout)]
     (home / SERVERS_FILE).unlink(missing_ok=True)
-    return list(servers)
+    return stopped
+
+
+def _record(home: Path, servers: dict) -> None:
+    if servers:
+        write_json(home / SERVERS_FILE, servers)
+    else:
+        (home / SERVERS_FILE).unlink(missing_ok=True)
 
 
 def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5000,
        timeout: float = 180) -> dict:
-    """Start both servers (or find them already up) and wait until both answer their health checks."""
+    """Start the home's servers that are not up (both, or the one that died) and wait until both answer
+    from their own processes. Raises ``ServerError`` naming the port and its holder when a port is taken."""
     home = Path(home).resolve()
-    current = read_servers(home)
-    if healthy(current):
-        return current
-    down(home)  # whatever a previous `up` left half-started
+    auth = host not in LOOPBACK
+    current = read_servers(home) or {}
+    servers = {n: s for n, s in current.items() if s.get("auth", False) == auth and answering(s)}
+    for name in set(current) - set(servers):  # whatever a previous `up` left half-started
+        _stop(current[name], 15)
+    specs = {n: spec for n, spec in _specs(home, host, prefect_port, mlflow_port, credentials(home) if auth else None).items()
+             if n not in servers}
+    _record(home, servers)
+    for name, spec in specs.items():
+        holder = port_holder(host, spec["port"])
+        if holder:
+            raise ServerError(f"port {spec['port']} (for {name}) is taken by {holder}; stop it or pick another "
+                              f"port (--{name}-port)")
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    servers, procs = {}, {}
-    for name, spec in _specs(home, host, prefect_port, mlflow_port).items():
+    procs = {}
+    for name, spec in specs.items():
         log = home / "logs" / f"{name}-server.log"
         with open(log, "ab") as out:
             procs[name] = subprocess.Popen(spec["argv"], env={**os.environ, **spec["env"]}, stdout=out,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pid = procs[name].pid
-        servers[name] = {"pid": pid, "started": psutil.Process(pid).create_time(), "url": spec["url"],
-                         "api": spec["api"], "health": spec["health"], "log": str(log)}
-        write_json(home / SERVERS_FILE, servers)  # recorded at once: `down` can stop a half-started pair
+        servers[name] = {"pid": pid, "started": psutil.Process(pid).create_time(), "port": spec["port"],
+                         "url": spec["url"], "api": spec["api"], "health": spec["health"], "log": str(log), "auth": auth}
+        _record(home, servers)  # at once: `down` can stop a half-started pair
     deadline = time.time() + timeout
-    while not all(_answers(s["health"]) for s in servers.values()):
+    while not all(answering(servers[n]) for n in procs):
         dead = [n for n, p in procs.items() if p.poll() is not None]
         if dead or time.time() > deadline:
-            down(home)
+            for name in procs:
+                _stop(servers.pop(name), 15)
+            _record(home, servers)
             why = f"the {' and '.join(dead)} server exited" if dead else f"no answer after {timeout:.0f} s"
-            raise RuntimeError(f"{why}; see {', '.join(servers[n]['log'] for n in dead or servers)}")
+            raise ServerError(f"{why}; see {', '.join(str(home / 'logs' / f'{n}-server.log') for n in dead or procs)}")
         time.sleep(0.5)
     return servers
 
 
 def use_servers(home: Path) -> dict | None:
     """Point Prefect and MLflow at the servers of HOME/servers.json when they answer (variables already set
-    win); returns the servers used, or None. Call before ``prefect`` is first imported."""
-    servers = read_servers(Path(home).resolve())
+    win), with the home's credentials when they require them; returns the servers used, or None. Call
+    before ``prefect`` is first imported."""
+    home = Path(home).resolve()
+    servers = read_servers(home)
     if servers is None:
         return None
     if not healthy(servers):
-        print(f"visplay: the servers in {Path(home) / SERVERS_FILE} do not answer; not using them "
+        print(f"visplay: the servers in {home / SERVERS_FILE} do not answer; not using them "
               "(`visplay up` restarts them)", file=sys.stderr)
         return None
     os.environ.setdefault("PREFECT_API_URL", servers["prefect"]["api"])
     os.environ.setdefault("MLFLOW_TRACKING_URI", servers["mlflow"]["api"])
+    if servers["prefect"].get("auth"):
+        creds = credentials(home)
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", creds["prefect_auth_string"])
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", creds["mlflow_username"])
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", creds["mlflow_password"])
     return servers
+
+
+def watch_prefect(api: str, grace: float, on_lost: Callable[[str], None], interval: float = 1.0) -> bool:
+    """Watch the Prefect server at ``api`` from a daemon thread: once it has not answered its health check
+    for ``grace`` seconds, call ``on_lost(message)``. Returns False (and watches nothing) when it does not
+    answer now."""
+    health = f"{api.rstrip('/')}/health"
+    if not _answers(health):
+        return False
+
+    def watch():
+        last = time.time()
+        while True:
+            time.sleep(interval)
+            if _answers(health):
+                last = time.time()
+            elif time.time() - last > grace:
+                on_lost(f"the Prefect server at {api} stopped answering ({time.time() - last:.0f} s)")
+                return
+
+    threading.Thread(target=watch, name="visplay-prefect-watch", daemon=True).start()
+    return True

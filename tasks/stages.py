@@ -17,18 +17,12 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
-from transformers import set_seed
 
-from visplay_core import selfplay, world
-from visplay_core.corpus import Manifest, load_images, scenes_by_id
-from visplay_core.benchmarks import evaluate_benchmark
+from visplay_core import world
 from visplay_core.config import code_versions
-from visplay_core.evaluate import evaluate_shapes
-from visplay_core.generation import make_engine
-from visplay_core.grpo import GRPOJob, ScorerSpec, launch
+from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration
-from visplay_core.model import load_model, load_processor
 from visplay_core.rewards import UNANSWERABLE, Candidate, Vote, answerable_confidence, curate, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage, stage_key
@@ -38,6 +32,9 @@ from .tracking import RunContext, StageResult, run_stage, stage_key
 # its finished copies are then recomputed, and so is every stage after it (their inputs' keys change).
 FORMATS = {"question_rollout": 1, "confidence_scoring": 1, "questioner_grpo": 1, "candidate_generation": 1,
            "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 1}
+
+# torch, transformers and TRL (and the modules that import them) are imported where a stage computes, so
+# that a run whose stages are all restored starts in seconds.
 
 
 class Checkpoint(BaseModel):
@@ -80,11 +77,15 @@ class ImageSet(BaseModel):
 
 
 def _engine(ctx: RunContext, checkpoint: Checkpoint):
+    from visplay_core.generation import make_engine
+
     return make_engine(checkpoint.path, ctx.config.engine, ctx.config.trust_remote_code, ctx.config.seed)
 
 
 def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> ScorerSpec:
     """The Reasoner's vote: the model's, or the oracle's when the config asks for an oracle Reasoner."""
+    from visplay_core.grpo import ScorerSpec
+
     cfg = ctx.config
     return ScorerSpec(reasoner=reasoner.path, m=m, temperature=cfg.reasoner.temperature,
                       max_new_tokens=cfg.reasoner.max_new_tokens, seed=seed, engine=cfg.engine,
@@ -93,11 +94,15 @@ def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int
 
 
 def _scorer(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> selfplay.ConfidenceScorer:
+    from visplay_core import selfplay
+
     return selfplay.make_scorer(_scorer_spec(ctx, reasoner, images, m, seed), images.folder, images.load())
 
 
 def _grpo_job(ctx: RunContext, role: str, model: Checkpoint, out: Path, work: Path, images: ImageSet, rows: list[dict],
               k: int, scorer: ScorerSpec | None = None) -> GRPOJob:
+    from visplay_core.grpo import GRPOJob
+
     cfg = ctx.config
     return GRPOJob(role=role, model=model.path, output=str(out), work_dir=str(work), images_folder=images.folder,
                    rows=rows, **getattr(cfg, role).model_dump(), seed=cfg.seed + k,
@@ -156,6 +161,9 @@ def question_rollout(ctx: RunContext, k: int, run_id: str, questioner: Checkpoin
               "max_new_tokens": cfg.questioner.max_new_tokens, "engine": cfg.engine, "seed": cfg.seed}
 
     def compute(out: Path) -> dict:
+        from transformers import set_seed
+        from visplay_core import selfplay
+
         set_seed(cfg.seed + k)
         rows = selfplay.write_questions(_engine(ctx, questioner), images.load(), images.ids, n=cfg.group_size,
                                         temperature=cfg.questioner.temperature,
@@ -179,6 +187,9 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
               "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
 
     def compute(out: Path) -> dict:
+        from transformers import set_seed
+        from visplay_core import selfplay
+
         set_seed(cfg.seed + k)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k),
                                    images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
@@ -210,6 +221,8 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
               "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
 
     def compute(out: Path, work: Path) -> dict:
+        from visplay_core.grpo import launch
+
         chosen = json.loads((Path(scoring.folder) / "grpo_images.json").read_text())
         scorer = _scorer_spec(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k + 1)
         result = launch(_grpo_job(ctx, "questioner", questioner, out, work, images, [{"image_id": i} for i in chosen],
@@ -231,6 +244,9 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
               "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
 
     def compute(out: Path) -> dict:
+        from transformers import set_seed
+        from visplay_core import selfplay
+
         set_seed(cfg.seed + k)
         pictures = images.load()
         rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
@@ -273,9 +289,13 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
               "lora": cfg.training.lora and cfg.training.lora.model_dump(), "seed": cfg.seed}
 
     def compute(out: Path, work: Path) -> dict:
+        from visplay_core.grpo import launch
+
         data = read_jsonl(Path(curated.folder) / "curated.jsonl")
         rows = [{"image_id": r["image_id"], "question": r["question"], "pseudo_label": r["pseudo_label"]} for r in data]
         if cfg.ceiling != "none":  # the ceiling arms: true answers in place of pseudo-labels
+            from visplay_core import selfplay
+
             scenes = scenes_by_id(images.truth, Manifest.load(images.folder))
             rows = (selfplay.oracle_labels(rows, scenes) if cfg.ceiling == "curated" else
                     selfplay.fresh_questions(scenes, images.ids, role.steps * role.prompts_per_step, cfg.seed + k))
@@ -296,10 +316,16 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
     params = {"eval": cfg.eval.model_dump()}
 
     def compute(out: Path) -> dict:
+        from transformers import set_seed
+        from visplay_core.benchmarks import evaluate_benchmark
+        from visplay_core.evaluate import evaluate_shapes
+        from visplay_core.model import load_model, load_processor
+
         set_seed(cfg.seed)
         model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
         results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled,
-                                         votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)
+                                         votes=cfg.eval.votes, temperature=cfg.reasoner.temperature,
+                                         split=cfg.eval.split)
                    if name == "shapes" else
                    evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit,
                                       votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import STAGES, self_evolution
+from flows.servers import ServerError, up
 from tasks.tracking import RunInProgressError, run_lock
 from visplay_core.config import load_config
 
@@ -141,6 +142,94 @@ def test_up_serves_both_on_loopback(servers):
     assert urllib.request.urlopen(info["mlflow"]["health"]).read() == b"OK"
 
 
+def test_up_beside_another_homes_servers_fails_naming_the_port_and_its_holder(servers, tmp_path):
+    home, info = servers
+    prefect_port = info["prefect"]["port"]
+    other = tmp_path / "h2"
+    done = _visplay("up", "--home", str(other), "--prefect-port", str(prefect_port), "--mlflow-port", str(_free_port()))
+    assert done.returncode == 1 and not done.stdout
+    holder = next(p.pid for p in _group(info["prefect"]["pid"]) for c in p.net_connections("inet")
+                  if c.status == psutil.CONN_LISTEN and c.laddr.port == prefect_port)
+    assert f"visplay up: port {prefect_port} (for prefect) is taken by pid {holder}: " in done.stderr, done.stderr
+    assert not (other / "servers.json").exists()
+    down = _visplay("down", "--home", str(other))
+    assert down.returncode == 0 and down.stdout.startswith("nothing to stop"), down.stdout
+    assert json.loads((home / "servers.json").read_text()) == info  # the first home is untouched
+
+
+def test_up_names_a_stranger_holding_the_port_and_starts_nothing(tmp_path):
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        port = stranger.getsockname()[1]
+        with pytest.raises(ServerError, match=rf"port {port} \(for mlflow\) is taken by pid {os.getpid()}: "):
+            up(tmp_path, prefect_port=_free_port(), mlflow_port=port)
+    assert not (tmp_path / "servers.json").exists() and not (tmp_path / "logs").exists()
+
+
+def test_off_loopback_both_servers_refuse_requests_without_the_homes_credentials(tmp_path):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    home = tmp_path / "exposed"
+    started = _visplay("up", "--home", str(home), "--host", "0.0.0.0", "--prefect-port", str(_free_port()),
+                       "--mlflow-port", str(_free_port()))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"credentials in {home / 'credentials.json'} (mode 0600)" in started.stdout
+        info = json.loads((home / "servers.json").read_text())
+        creds = json.loads((home / "credentials.json").read_text())
+        assert (home / "credentials.json").stat().st_mode & 0o777 == 0o600
+        basic = {"prefect": base64.b64encode(creds["prefect_auth_string"].encode()).decode(),
+                 "mlflow": base64.b64encode(f"{creds['mlflow_username']}:{creds['mlflow_password']}".encode()).decode()}
+        requests = {"prefect": (f"{info['prefect']['api']}/flows/filter", b"{}"),
+                    "mlflow": (f"{info['mlflow']['api']}/api/2.0/mlflow/experiments/search?max_results=1", None)}
+        for name, (url, body) in requests.items():
+            headers = {"Content-Type": "application/json"}
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=10)
+            assert refused.value.code == 401, name
+            headers["Authorization"] = f"Basic {basic[name]}"
+            with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=10) as ok:
+                assert ok.status == 200, name
+        for name, server in info.items():  # listening beyond loopback
+            listening = {c.laddr.ip for p in _group(server["pid"]) for c in p.net_connections("inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == server["port"]}
+            assert listening == {"0.0.0.0"}, (name, listening)
+        # visplay's own clients use the home's credentials
+        client = subprocess.run([sys.executable, "-c", CLIENTS, str(home)], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))})
+        assert client.returncode == 0 and client.stdout.split() == ["mlflow-ok", "prefect-ok"], client.stderr[-2000:]
+    finally:
+        down = _visplay("down", "--home", str(home))
+    assert down.stdout.strip() == "stopped mlflow and prefect", down.stdout
+
+
+CLIENTS = """
+import os, sys
+from pathlib import Path
+from flows.servers import use_servers
+assert use_servers(Path(sys.argv[1]))
+from mlflow.tracking import MlflowClient
+MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_experiments()
+print("mlflow-ok")
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    client.read_flows(limit=1)
+print("prefect-ok")
+"""
+
+
+def test_starting_a_run_imports_no_torch_transformers_or_trl():
+    """A rerun whose stages are all restored must not pay for the training stack: stages import it when they
+    compute."""
+    probe = ("import sys, flows.cli, flows.deploy, flows.self_evolution; "
+             "print(' '.join(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr[-2000:]
+
+
 def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     deployment = served["deployment"]
     [schedule] = deployment.schedules
@@ -221,7 +310,7 @@ def test_down_leaves_no_process(servers):
     processes = [p for server in info.values() for p in _group(server["pid"])]
     assert len(processes) >= 2
     done = _visplay("down", "--home", str(home))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "stopped mlflow and prefect", done.stdout + done.stderr
     alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
     assert not any(_group(server["pid"]) for server in info.values())

@@ -1,20 +1,29 @@
-"""Bad input and hard crashes: the smoke flow on a corpus full of bad files, and a SIGKILL while a
-checkpoint is being written."""
+"""Bad input and hard crashes: the smoke flow on a corpus full of bad files, a SIGKILL while a checkpoint
+is being written, a failed run's output; and servers that die under a run: an MLflow server killed and
+restarted (nothing lost), a Prefect server killed (the run leaves at once, its rerun resumes), `serve`
+after `visplay down`."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from flows.self_evolution import self_evolution
+from flows.cli import PREFECT_GRACE_SECONDS, SERVE_GRACE_SECONDS
+from flows.self_evolution import STAGES, self_evolution
+from flows.servers import down, read_servers, up
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config
+from visplay_core.io import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +82,145 @@ def test_sigkill_while_writing_a_checkpoint_redoes_that_stage(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.stage` = 'questioner_grpo'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+
+
+def test_a_failed_run_prints_its_traceback_once_and_one_last_line(tmp_path):
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([*VISPLAY, "run", "--config", "smoke", "--set", f"base_model={bad}", "--home", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.count("Traceback (most recent call last)") == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("visplay: run failed: ValueError: Unrecognized model in "
+                                                    f"{bad}. Should have a `model_type` key in its config.json.")
+
+
+def test_a_grpo_stage_shows_one_progress_bar_and_keeps_the_trainers_log_dicts_off_the_terminal(tmp_path, capfd):
+    from visplay_core.config import BASE_CHECKPOINT
+    from visplay_core.corpus import ingest, write_embedded_corpus
+    from visplay_core.grpo import GRPOJob, launch
+    from visplay_core.method import MethodConfig
+
+    world = write_embedded_corpus(tmp_path / "world", 2, seed=0)
+    ids = [m["id"] for m in ingest(world / "images", tmp_path / "corpus", max_pixels=112 * 112).images]
+    job = GRPOJob(role="reasoner", model=str(BASE_CHECKPOINT), output=str(tmp_path / "out"), work_dir=str(tmp_path / "work"),
+                  images_folder=str(tmp_path / "corpus"), steps=2, learning_rate=1e-3, prompts_per_step=1,
+                  rows=[{"image_id": i, "question": "How many circles are there?", "pseudo_label": "1"} for i in ids],
+                  num_generations=4, temperature=1.5, max_new_tokens=16, save_steps=1, kl_beta=0.0, seed=0,
+                  method=MethodConfig())
+    history = launch(job)
+    printed = capfd.readouterr()
+    terminal = printed.out + printed.err
+    assert "'loss'" not in terminal and "train_runtime" not in terminal, terminal
+    assert "2/2 [" in terminal  # the trainer's bar
+    logged = read_jsonl(tmp_path / "out" / "history.jsonl")
+    assert logged == history and [r["step"] for r in logged if "loss" in r] == [1, 2]
+
+
+# Real servers of a home of their own (`visplay up`), killed under a running `visplay run`.
+VISPLAY = [sys.executable, "-m", "flows.cli"]
+SMOKE = ["--config", "smoke", "--set", "iterations=1", "--set", "eval.limit=12"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("servers")
+    up(home, prefect_port=_free_port(), mlflow_port=_free_port())
+    yield home
+    down(home)
+
+
+def _start_run(home: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*VISPLAY, "run", *SMOKE, *extra, "--home", str(home)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _when_a_stage_finishes(home: Path, run: subprocess.Popen, timeout: float = 300) -> None:
+    before = len(list(home.glob("stages/*/_COMPLETE")))
+    deadline = time.time() + timeout
+    while len(list(home.glob("stages/*/_COMPLETE"))) == before:
+        assert run.poll() is None and time.time() < deadline, run.communicate()
+        time.sleep(0.2)
+
+
+def _kill(server: dict) -> None:
+    os.killpg(server["pid"], signal.SIGKILL)
+    while any(p.status() != psutil.STATUS_ZOMBIE for p in psutil.process_iter() if _in_group(p, server["pid"])):
+        time.sleep(0.1)
+
+
+def _in_group(proc: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(proc.pid) == pgid
+    except ProcessLookupError:
+        return False
+
+
+def test_mlflow_server_killed_and_restarted_mid_run_loses_nothing(served_home):
+    servers = read_servers(served_home)
+    run = _start_run(served_home, "--name", "mlflow-restarted")
+    _when_a_stage_finishes(served_home, run)
+    _kill(servers["mlflow"])
+    time.sleep(3)
+    restarted = up(served_home, prefect_port=servers["prefect"]["port"], mlflow_port=servers["mlflow"]["port"])
+    assert restarted["prefect"] == servers["prefect"] and restarted["mlflow"]["pid"] != servers["mlflow"]["pid"]
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    assert "'loss'" not in out + err and "Loading weights" not in err and "Traceback" not in err  # one bar per GRPO stage
+    assert out.strip().splitlines()[-2].startswith("base ")  # ends with the summary table
+    client = MlflowClient(servers["mlflow"]["api"])
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                              "tags.`visplay.run` = 'mlflow-restarted' and tags.`visplay.complete` = 'true'")
+    assert {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]) for r in runs} == \
+        {("0", "benchmark_eval")} | {("1", s) for s in STAGES}
+
+
+def test_a_run_whose_prefect_server_dies_exits_promptly_and_its_rerun_resumes(served_home):
+    servers = read_servers(served_home)
+    command = ["--name", "prefect-died", "--set", "seed=7"]  # stages of their own, not the run above's
+    run = _start_run(served_home, *command)
+    _when_a_stage_finishes(served_home, run)
+    _kill(servers["prefect"])
+    killed = time.time()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and time.time() - killed < PREFECT_GRACE_SECONDS + 15, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"visplay: the Prefect server at {servers['prefect']['api']} "
+                                                   "stopped answering"), err[-3000:]
+    up(served_home, prefect_port=servers["prefect"]["port"], mlflow_port=servers["mlflow"]["port"])
+    rerun = _start_run(served_home, *command)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    summary = json.loads((served_home / "runs" / "prefect-died" / "summary.json").read_text())
+    assert summary["base"]["stage"]["cached"]  # finished before the server died: restored, not recomputed
+
+
+def test_serve_stops_within_seconds_once_its_servers_are_down(served_home, tmp_path):
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(served_home)], cwd=ROOT, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "visplay-nightly" not in log.read_text():  # Prefect's "Your flow ... is being served" banner
+            assert serve.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(0.5)
+        down(served_home)
+        stopped = time.time()
+        serve.wait(timeout=30)
+        assert time.time() - stopped < SERVE_GRACE_SECONDS + 7
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert serve.returncode == 1 and "Traceback" not in text, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("visplay: the Prefect server at http") and last.endswith("; stopped serving"), text

@@ -28,7 +28,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, Field
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from . import prompts
@@ -102,6 +102,14 @@ class _History(TrainerCallback):
             self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
 
+class _ProgressBar(ProgressCallback):
+    """The trainer's progress bar, without the raw log dicts it would print under it: those go to the
+    stage's history.jsonl and its MLflow metrics."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 def _peft_config(lora):
     if lora is None:
         return None
@@ -144,8 +152,11 @@ def grpo_trainer(job: GRPOJob, model, processor, rows: Sequence[dict], reward_fu
     )
     if job.freeze_vision:
         freeze_vision_tower(model)
-    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
-                       processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(list(rows)),
+                          processing_class=processor, callbacks=callbacks, peft_config=_peft_config(training.lora))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_ProgressBar)
+    return trainer
 
 
 def freeze_vision_tower(model) -> int:
