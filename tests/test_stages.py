@@ -76,7 +76,8 @@ def reasoner_stage(tmp_path):
 def test_grpo_work_folder_is_the_stage_key_so_another_learning_rate_never_resumes_it(reasoner_stage, monkeypatch):
     home, run = reasoner_stage
     work_dirs = []
-    monkeypatch.setattr(stages, "launch", lambda job: work_dirs.append(job.work_dir) or grpo.launch(job))
+    launch = grpo.launch
+    monkeypatch.setattr(grpo, "launch", lambda job: work_dirs.append(job.work_dir) or launch(job))
     first = run(1e-3)
     assert work_dirs == [str(home / "work" / f"reasoner_grpo-{first.key}")]
     assert first.metrics["steps"] == 1 and not (home / "work" / f"reasoner_grpo-{first.key}").exists()
