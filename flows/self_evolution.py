@@ -128,6 +128,7 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
     home_path = Path(home).resolve()
     run = run_name or run_name_for(config)
     with run_lock(home_path, run):
+        _name_flow_run(run)
         return evolve(config, home_path, run, run, "flows/self_evolution.py:self_evolution")
 
 
