@@ -170,7 +170,8 @@ def test_triggered_run_completes_and_logs_to_the_mlflow_server(served):
     assert top.data.tags["prefect.deployment"] == "visplay-nightly/nightly"
     assert top.data.tags["prefect.flow_run_url"] == f"{served['info']['prefect']['url']}/flow-runs/flow-run/{flow_run.id}"
     link = served["artifacts"][f"{RUN}-mlflow"]  # and back, on the flow run the deployment started
-    assert link.type == "link" and link.flow_run_id == flow_run.id and top.info.run_id in link.data
+    assert link.flow_run_id == flow_run.id and link.data.startswith("[MLflow run ")  # Prefect renders links as markdown
+    assert f"{served['info']['mlflow']['url']}/#/experiments/{experiment.experiment_id}/runs/{top.info.run_id})" in link.data
     assert "summary.json" in {a.path for a in client.list_artifacts(top.info.run_id)}
     stages = {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]): r for r in runs
               if r.data.tags.get("visplay.complete") == "true"}
