@@ -23,8 +23,10 @@ Preset = Literal[tuple(preset_names())]  # the shipped presets: a dropdown in th
 
 
 @flow(name="visplay-nightly")
-def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path: str = "", overrides: list[str] = [],  # noqa: B006 (never mutated)
-                    iterations: Annotated[int, Field(ge=1)] = 1, home: str = ".visplay", tracking_uri: str = "") -> dict:
+def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path: str = "",
+                    overrides: list[str] = [],  # noqa: B006 (never mutated; a plain list in the form, not "list or None")
+                    iterations: Annotated[int, Field(ge=1)] = 1, home: str = ".visplay",
+                    tracking_uri: str = "") -> dict:
     """Run the next iterations of a line of evolution, from its last finished Questioner and Reasoner; a
     failed advance of the line is completed first. One advance of a line at a time.
 

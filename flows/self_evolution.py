@@ -206,7 +206,8 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
             result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
             questioner, reasoner = result.questioner, result.reasoner
             results.append(result)
-            publish_report(ctx, base_eval, results, folder, truth)
+            if k == config.iterations or not all(s.cached for s in result.stages.values()):
+                publish_report(ctx, base_eval, results, folder, truth)  # not again for iterations only restored
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

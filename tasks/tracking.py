@@ -258,7 +258,6 @@ def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[st
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None])
 
 
-
 def checkpoint_uri(stage: StageResult) -> str:
     """Where a GRPO stage's checkpoint lies in MLflow: its stage run's ``outputs/model``."""
     return f"runs:/{stage.run_id}/outputs/model"

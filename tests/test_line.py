@@ -137,6 +137,7 @@ def test_the_flow_run_holds_the_link_and_the_reports(line, mlflow_server):
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     by_key = {a.key: a for a in artifacts}
     assert {f"{LINE}-mlflow", f"{LINE}-iteration-2", f"{LINE}-iteration-2-questions"} <= set(by_key)
+    assert f"{LINE}-iteration-1" not in by_key  # iteration 1 was only restored: its report is on the first night's run
     [top] = _runs(MlflowClient(mlflow_server), f"attributes.run_name = '{LINE}-iteration-2'")
     assert f"{mlflow_server}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id}" in by_key[f"{LINE}-mlflow"].data
 
