@@ -111,7 +111,8 @@ def experiment_id(client: MlflowClient, home: Path) -> str:
 
 def link_tags(entry_point: str) -> dict[str, str]:
     """Where a run comes from, as MLflow tags: the Prefect flow run the caller runs in (id, deployment, its page
-    in the Prefect UI when Prefect has one) and the code (git commit, entry point)."""
+    in the Prefect UI when Prefect has one, also as a link in the run's description) and the code (git
+    commit, entry point)."""
     from prefect.runtime import deployment, flow_run
     from prefect.settings import PREFECT_UI_URL
 
@@ -123,6 +124,7 @@ def link_tags(entry_point: str) -> dict[str, str]:
         tags["prefect.flow_run_id"] = flow_run.id
         if PREFECT_UI_URL.value():
             tags["prefect.flow_run_url"] = flow_run.ui_url
+            tags["mlflow.note.content"] = f"Prefect flow run: [{flow_run.ui_url}]({flow_run.ui_url})"  # the run's description
     if deployment.id:
         tags["prefect.deployment"] = f"{flow_run.flow_name}/{deployment.name}"
     return tags

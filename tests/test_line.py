@@ -118,7 +118,8 @@ def test_mlflow_runs_link_to_their_flow_run_and_code(line, mlflow_server):
     [flow_run] = _flow_runs(any_=[f"{LINE}-iteration-2"])
     [top] = _runs(client, f"tags.`visplay.level` = 'run' and attributes.run_name = '{LINE}-iteration-2'")
     assert top.data.tags["prefect.flow_run_id"] == str(flow_run.id)
-    assert top.data.tags["prefect.flow_run_url"].endswith(f"/flow-runs/flow-run/{flow_run.id}")
+    url = top.data.tags["prefect.flow_run_url"]
+    assert url.endswith(f"/flow-runs/flow-run/{flow_run.id}") and f"]({url})" in top.data.tags["mlflow.note.content"]
     assert len(top.data.tags["mlflow.source.git.commit"]) == 40
     assert top.data.tags["mlflow.source.name"] == "flows/deploy.py:visplay_nightly"
     children = _runs(client, f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
