@@ -27,8 +27,8 @@ from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_genera
 from mlflow.tracking import MlflowClient
 
 from flows import report
-from tasks.tracking import (RunContext, StageResult, experiment_id, link_tags, log_dataset, log_iteration,
-                            log_model, log_params, mlflow_run_url, register_model, run_lock, tracking_uri)
+from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_tags, log_dataset, log_iteration,
+                            log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder, tracking_uri)
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
@@ -142,9 +142,9 @@ def advance_line(config: VisPlayConfig, home: Path, line: str, iterations: int, 
 
     A line is the run named ``line`` whose iteration count grows: ``HOME/lines/<line>.json`` records the
     configuration it grows from (its digest, iterations aside), the iterations it finished and those its
-    last advance set out to reach. Iteration k always starts from iteration k-1's Questioner and Reasoner on
-    its own draw of images, so earlier iterations are restored from their stages; a failed advance is
-    completed by the next one before it goes further.
+    last advance set out to reach. An advance goes on from the last finished iteration's Questioner and
+    Reasoner (restored from their stages) on each new iteration's own draw of images, exactly as one run of
+    all the iterations would; a failed advance is completed by the next one before it goes further.
     """
     with run_lock(home, line):
         path = home / "lines" / f"{line}.json"
@@ -158,9 +158,17 @@ def advance_line(config: VisPlayConfig, home: Path, line: str, iterations: int, 
         write_json(path, record)
         name = f"{line}-iteration-{target}" if target == finished + 1 else f"{line}-iterations-{finished + 1}-{target}"
         _name_flow_run(name)
-        summary = evolve(config.model_copy(update={"iterations": target}), home, line, name, entry_point)
+        summary = evolve(config.model_copy(update={"iterations": target}), home, line, name, entry_point,
+                         _finished_iterations(home, line, finished))
         write_json(path, {**record, "finished": target})
         return summary
+
+
+def _finished_iterations(home: Path, line: str, finished: int) -> list[dict]:
+    """The summary rows of the line's ``finished`` iterations (none when its summary does not hold them)."""
+    path = home / "runs" / line / "summary.json"
+    rows = json.loads(path.read_text())["iterations"] if path.exists() else []
+    return rows if [r["iteration"] for r in rows] == list(range(1, finished + 1)) else []
 
 
 def _name_flow_run(name: str) -> None:
@@ -172,10 +180,13 @@ def _name_flow_run(name: str) -> None:
         client.update_flow_run(flow_run.id, name=name)
 
 
-def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str) -> dict:
+def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str,
+           earlier: list[dict] = ()) -> dict:
     """The body of a self-evolution run, inside the caller's flow run (the one a person opens): a new MLflow
     run ``mlflow_name`` tagged with that flow run and the code, its configuration as params; every
-    finished stage restored, the rest computed."""
+    finished stage restored, the rest computed. ``earlier``: the summary rows of iterations 1..j this run
+    already finished; it goes on from iteration j's Questioner and Reasoner (from iteration 1 when their
+    checkpoints can no longer be restored)."""
     logger = get_run_logger()
     start = time.time()
     uri = tracking_uri(home_path)
@@ -200,18 +211,20 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
                                           **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
         base = Checkpoint.of_folder(config.base_model_path)
         base_eval = _named(benchmark_eval, 0)(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
-        questioner = reasoner = base
+        models = _checkpoints(ctx, earlier[-1]) if earlier else None
+        earlier = list(earlier) if models else []
+        questioner, reasoner = models or (base, base)
         results = []
-        for k in range(1, config.iterations + 1):
+        for k in range(len(earlier) + 1, config.iterations + 1):
             result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
             questioner, reasoner = result.questioner, result.reasoner
             results.append(result)
             if k == config.iterations or not all(s.cached for s in result.stages.values()):
-                publish_report(ctx, base_eval, results, folder, truth)  # not again for iterations only restored
+                publish_report(ctx, base_eval, earlier, results, folder, truth)  # not again for iterations only restored
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    summary = build_summary(run, config, base_eval, results, folder, truth, time.time() - start)
+    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start)
     for row in summary["iterations"]:
         log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     write_json(home_path / "runs" / run / "summary.json", summary)
@@ -226,17 +239,31 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
     return summary
 
 
+def _checkpoints(ctx: RunContext, row: dict) -> tuple[Checkpoint, Checkpoint] | None:
+    """The updated Questioner and Reasoner of a finished iteration's summary row, restored from their stages
+    (here, or from MLflow); None when one of them cannot be."""
+    found = []
+    for stage in ("questioner_grpo", "reasoner_grpo"):
+        key = row["stages"][stage]["key"]
+        folder, finished = stage_folder(ctx, stage, key)
+        if finished is None or not (folder / DONE).exists():
+            return None
+        found.append(Checkpoint(path=str(folder / "model"), key=key))
+    return found[0], found[1]
+
+
 def _slug(name: str) -> str:
     """A Prefect artifact key: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def publish_report(ctx: RunContext, base_eval: StageResult, results: list[IterationResult], folder: Path,
-                   truth: Path | None) -> None:
+def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict], results: list[IterationResult],
+                   folder: Path, truth: Path | None) -> None:
     """The last iteration's report: files in HOME/runs/<run>/report/iteration-<k>/, logged under ``report/``
     on the iteration's MLflow run, and as Prefect artifacts (markdown summary, table of sample questions)."""
     last = results[-1]
-    rows = [{"iteration": r.iteration, **_iteration_row(r.iteration, r.stages)} for r in results]
+    rows = [*({k: v for k, v in row.items() if k != "stages"} for row in earlier),
+            *({"iteration": r.iteration, **_iteration_row(r.iteration, r.stages)} for r in results)]
     data = report.load_iteration(last.iteration, rows[-1],
                                  {s: Path(last.stages[s].folder) / f for s, f in report.FILES.items()},
                                  str(folder), str(truth) if truth else None)
@@ -253,8 +280,8 @@ def publish_report(ctx: RunContext, base_eval: StageResult, results: list[Iterat
                           description=f"sample questions of run {ctx.run}, iteration {last.iteration}")
 
 
-def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, results: list[IterationResult],
-                  folder: Path, truth: Path | None, seconds: float) -> dict:
+def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earlier: list[dict],
+                  results: list[IterationResult], folder: Path, truth: Path | None, seconds: float) -> dict:
     return {
         "run": run,
         "preset": config.preset,
@@ -263,12 +290,12 @@ def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, resul
         "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy"),
                  "stage": {"seconds": round(base_eval.seconds, 3), "compute_seconds": round(base_eval.compute_seconds, 3),
                            "cached": base_eval.cached}},
-        "iterations": [
+        "iterations": [*earlier, *(
             {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
              "stages": {name: {"seconds": round(s.seconds, 3), "compute_seconds": round(s.compute_seconds, 3),
                                "cached": s.cached, "key": s.key}
                         for name, s in r.stages.items()}}
-            for r in results],
+            for r in results)],
         "seconds": round(seconds, 3),
     }
 

@@ -167,6 +167,20 @@ def _flat(prefix: str, data: Any) -> dict[str, str]:
     return {prefix: str(data)[:500]}
 
 
+def stage_folder(ctx: RunContext, stage: str, key: str):
+    """The stage's folder, fetched from MLflow when a finished copy is recorded there and not here, and that
+    finished MLflow run (None when there is none). The folder holds the stage's outputs iff it has ``DONE``."""
+    folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
+    finished = finished_stage(ctx.client, ctx.experiment_id, key)
+    if finished is not None and not (folder / DONE).exists():
+        with atomic_dir(folder) as tmp:
+            ctx.client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
+            for item in (tmp / "outputs").iterdir():
+                item.rename(tmp / item.name)
+            (tmp / "outputs").rmdir()
+    return folder, finished
+
+
 def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str, inputs: dict[str, Any],
               params: dict[str, Any], compute: Callable[[Path], dict]) -> StageResult:
     """Restore the stage if a finished copy exists, else compute it into a fresh folder and record it.
@@ -177,15 +191,8 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     """
     start = time.time()
     key = cache_key(stage, {"params": params, **inputs})
-    folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
     client = ctx.client
-    finished = finished_stage(client, ctx.experiment_id, key)
-    if finished is not None and not (folder / DONE).exists():
-        with atomic_dir(folder) as tmp:
-            client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
-            for item in (tmp / "outputs").iterdir():
-                item.rename(tmp / item.name)
-            (tmp / "outputs").rmdir()
+    folder, finished = stage_folder(ctx, stage, key)
     cached = (folder / DONE).exists()
     tags = {"visplay.run": ctx.run, "visplay.iteration": str(iteration), "visplay.stage": stage,
             "visplay.cache_key": key}

@@ -3,6 +3,7 @@ MLflow server (started here, SQLite behind it, its registry) and the real tiny m
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def test_each_advance_adds_one_iteration_from_the_last_one(line):
     home, first, second = line
     assert [it["iteration"] for it in first["iterations"]] == [1]
     assert [it["iteration"] for it in second["iterations"]] == [1, 2]
-    assert all(s["cached"] for s in second["iterations"][0]["stages"].values())  # iteration 1 is not redone
+    assert second["iterations"][0] == first["iterations"][0]  # iteration 1 is carried over, not walked again
     assert not any(s["cached"] for s in second["iterations"][1]["stages"].values())
     assert _keys(second)[0] == _keys(first)[0]
     assert json.loads((home / "summary.json").read_text())["iterations"] == second["iterations"]
@@ -123,6 +124,7 @@ def test_mlflow_runs_link_to_their_flow_run_and_code(line, mlflow_server):
     assert len(top.data.tags["mlflow.source.git.commit"]) == 40
     assert top.data.tags["mlflow.source.name"] == "flows/deploy.py:visplay_nightly"
     children = _runs(client, f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
+    assert {r.data.tags.get("visplay.iteration") for r in children if r.data.tags.get("visplay.level") == "iteration"} == {"2"}
     assert {r.data.tags.get("visplay.stage") for r in children} >= set(STAGES)  # iteration 2's stages, computed
     assert top.data.params["questioner.steps"] == "2" and top.data.params["method.tau_low"] == "0.25"
     assert top.data.params["eval.limit"] == "12" and top.data.params["iterations"] == "2"
@@ -195,6 +197,18 @@ def test_a_failed_advance_is_completed_by_the_next(line, monkeypatch):
     cached = {name for name, s in resumed["iterations"][2]["stages"].items() if s["cached"]}
     assert cached == set(STAGES[:STAGES.index("threshold_filtering")])  # the failed night, resumed
     assert _flow_runs(any_=[f"{LINE}-iterations-3-4"])[0].state.is_completed()
+
+
+def test_an_advance_goes_on_from_checkpoints_kept_only_in_mlflow(line):
+    home = line[0]
+    before = json.loads((home / "summary.json").read_text())["iterations"]
+    shutil.rmtree(home / "stages")
+    after = visplay_nightly(line=LINE, preset="smoke", overrides=OVERRIDES, home=str(home))["iterations"]
+    assert after[:-1] == before and after[-1]["iteration"] == len(before) + 1
+    assert not any(s["cached"] for s in after[-1]["stages"].values())
+    last = before[-1]["stages"]
+    assert all((home / "stages" / f"{s}-{last[s]['key']}" / "model" / "model.safetensors").exists()
+               for s in ("questioner_grpo", "reasoner_grpo"))  # fetched from MLflow to start from
 
 
 def test_a_line_keeps_its_configuration(line):
