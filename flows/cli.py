@@ -184,6 +184,26 @@ def cmd_run(args) -> int:
     return _run_flow(config, args.home, args.name)
 
 
+def cmd_advance(args) -> int:
+    if args.iterations < 1:
+        raise SystemExit(f"visplay advance: --iterations must be at least 1 (got {args.iterations})")
+    from flows.servers import use_servers
+
+    use_servers(Path(args.home))  # before prefect is imported: its settings are read then
+    from flows.deploy import visplay_nightly
+    from flows.self_evolution import LineError
+    from tasks.tracking import RunInProgressError
+    from visplay_core.config import ConfigError, load_config, preset_names
+
+    try:
+        load_config(args.config, args.set)  # a bad configuration stops here, before any flow run
+        source = {"preset": args.config} if args.config in preset_names() else {"config_path": args.config}
+        visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home, **source)
+    except (ConfigError, LineError, RunInProgressError) as e:
+        raise SystemExit(f"visplay advance: {e}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from visplay_core.config import load_config
 
@@ -339,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=".visplay", help="run home: stages, MLflow store, summaries (default ./.visplay)")
     p.add_argument("--name", help="run name (default: preset and config hash; the same name resumes)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("advance", help="run the next iterations of a line of evolution (a failed advance is "
+                       "completed first); what `visplay serve` runs every night")
+    p.add_argument("--line", required=True, help="name of the line of evolution")
+    p.add_argument("--config", required=True, help="YAML file or preset name (the same on every advance of a line)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--iterations", type=int, default=1, help="iterations to add (default 1)")
+    p.add_argument("--home", default=".visplay")
+    p.set_defaults(func=cmd_advance)
 
     p = sub.add_parser("demo", help="run the embedded default end to end")
     p.add_argument("--preset", default="demo", choices=["smoke", "demo", "study"])

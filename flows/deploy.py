@@ -1,44 +1,49 @@
-"""The deployable flow: a self-evolution run from parameters a person fills in the Prefect UI's run form.
+"""The deployable flow: the next iterations of a line of evolution, from parameters a person fills in the
+Prefect UI's run form (or `visplay advance` on the command line).
 
-``visplay serve`` serves it from one process with a nightly schedule; ``deployments/prefect.yaml``
-deploys it to a process work pool.
+``visplay serve`` serves it from one process with a nightly schedule, so every night moves the line one
+iteration further; ``deployments/prefect.yaml`` deploys it to a process work pool.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 from prefect import flow
+from pydantic import Field
 
-from flows.self_evolution import self_evolution
+from flows.self_evolution import advance_line
 from flows.servers import use_servers
-from visplay_core.config import load_config
+from visplay_core.config import load_config, preset_names
 
 DEPLOYMENT = "nightly"
+Preset = Literal[tuple(preset_names())]  # the shipped presets: a dropdown in the run form
 
 
 @flow(name="visplay-nightly")
-def visplay_nightly(preset: str = "demo", config_path: str | None = None, overrides: list[str] | None = None,
-                    iterations: int | None = None, home: str = ".visplay", tracking_uri: str | None = None,
-                    run_name: str | None = None) -> dict:
-    """Run (or resume) VisPlay self-evolution; the same run name resumes, one run of a name at a time.
+def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path: str = "",
+                    overrides: list[str] = [],  # noqa: B006 (never mutated; a plain list in the form, not "list or None")
+                    iterations: Annotated[int, Field(ge=1)] = 1, home: str = ".visplay",
+                    tracking_uri: str = "") -> dict:
+    """Run the next iterations of a line of evolution, from its last finished Questioner and Reasoner; a
+    failed advance of the line is completed first. One advance of a line at a time.
 
     Args:
-        preset: configuration preset (smoke, demo, paper-3b, paper-7b), used when no config_path is given
-        config_path: a YAML configuration file on the machine that runs the flow
+        line: name of the line of evolution (its MLflow runs, its summary, its flow runs are named after it)
+        preset: configuration preset, used when no config_path is given
+        config_path: a YAML configuration file on the machine that runs the flow (instead of the preset)
         overrides: key=value settings applied on top, e.g. group_size=4 or method.tau_low=0.3
-        iterations: number of self-evolution iterations (the configuration's when empty)
-        home: run home: stage folders, summaries and, without a tracking server, the MLflow store
-        tracking_uri: MLflow tracking server (else the servers of `visplay up` for this home, else local)
-        run_name: run name (default: preset and configuration hash)
+        iterations: how many iterations this advance adds to the line
+        home: run home: stage folders, lines, summaries and, without a tracking server, the MLflow store
+        tracking_uri: MLflow tracking server (empty: the servers of `visplay up` for this home, else local)
     """
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # a flow run is a process of its own
     use_servers(Path(home))
-    extra = [f"iterations={iterations}"] if iterations is not None else []
-    config = load_config(config_path or preset, [*(overrides or []), *extra])
-    return self_evolution(config=config, home=home, run_name=run_name)
+    config = load_config(config_path or preset, overrides)
+    return advance_line(config, Path(home).resolve(), line, iterations, "flows/deploy.py:visplay_nightly")
 
 
 def serve(home: str, cron: str, timezone: str) -> None:

@@ -2,7 +2,11 @@
 
 Iteration k starts from iteration k-1's Questioner and Reasoner (iteration 1 from the base model).
 Rerunning a run (same name, or any run whose stages have the same cache keys) restores every finished
-stage and computes only what is missing.
+stage and computes only what is missing. A line of evolution (``advance_line``) is a run that grows by a
+few iterations at a time, as the nightly deployment runs it.
+
+Every call makes new MLflow runs (run, iterations, computed stages), tagged with the Prefect flow run
+they ran in, so their durations are those of that call; restored stages keep the runs that computed them.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import re
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import Task, flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_generation, confidence_scoring,
@@ -23,14 +27,15 @@ from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_genera
 from mlflow.tracking import MlflowClient
 
 from flows import report
-from tasks.tracking import (RunContext, StageResult, experiment_id, log_iteration, open_run, run_lock, set_tags,
-                            tracking_uri)
+from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_tags, log_dataset, log_iteration,
+                            log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder, tracking_uri)
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
 
 STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
           "threshold_filtering", "reasoner_grpo", "benchmark_eval")
+REGISTERED_REASONER = "visplay-reasoner"  # the Model Registry's name of every finished run's final Reasoner
 
 
 class IterationResult(BaseModel):
@@ -39,6 +44,7 @@ class IterationResult(BaseModel):
     reasoner: Checkpoint
     stages: dict[str, StageResult]
     mlflow_run_id: str  # the iteration's MLflow run
+    models: dict[str, str]  # role -> MLflow logged model of its updated checkpoint
 
 
 def prepare_corpus(config: VisPlayConfig, home: Path) -> tuple[Path, Path | None, Manifest]:
@@ -62,31 +68,40 @@ def iteration_images(folder: Path, truth: Path | None, config: VisPlayConfig, k:
     return ImageSet(folder=str(folder), ids=chosen, truth=str(truth) if truth else None)
 
 
-@flow(name="iteration")
+@flow(name="iteration", flow_run_name="iteration-{k}")
 def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpoint, images: ImageSet) -> IterationResult:
     """One VisPlay iteration: Questioner update, curation, Reasoner update, evaluation."""
     client = ctx.client
-    run_id = open_run(client, ctx.experiment_id, f"iteration-{k}",
-                      {"visplay.run": ctx.run, "visplay.iteration": str(k), "visplay.level": "iteration"}, ctx.run_id)
+    run_id = client.create_run(ctx.experiment_id, run_name=f"iteration-{k}", tags={
+        "visplay.run": ctx.run, "visplay.iteration": str(k), "visplay.level": "iteration", **ctx.tags,
+        "mlflow.parentRunId": ctx.run_id}).info.run_id
     try:
-        rollout = question_rollout(ctx, k, run_id, questioner, images)
-        scoring = confidence_scoring(ctx, k, run_id, reasoner, images, rollout)
-        q_update = questioner_grpo(ctx, k, run_id, questioner, reasoner, images, scoring)
+        rollout = _named(question_rollout, k)(ctx, k, run_id, questioner, images)
+        scoring = _named(confidence_scoring, k)(ctx, k, run_id, reasoner, images, rollout)
+        q_update = _named(questioner_grpo, k)(ctx, k, run_id, questioner, reasoner, images, scoring)
         new_questioner = Checkpoint(path=str(Path(q_update.folder) / "model"), key=q_update.key)
-        candidates = candidate_generation(ctx, k, run_id, new_questioner, reasoner, images)
-        curated = threshold_filtering(ctx, k, run_id, candidates)
-        r_update = reasoner_grpo(ctx, k, run_id, reasoner, images, curated)
+        candidates = _named(candidate_generation, k)(ctx, k, run_id, new_questioner, reasoner, images)
+        curated = _named(threshold_filtering, k)(ctx, k, run_id, candidates)
+        r_update = _named(reasoner_grpo, k)(ctx, k, run_id, reasoner, images, curated)
         new_reasoner = Checkpoint(path=str(Path(r_update.folder) / "model"), key=r_update.key)
-        evaluation = benchmark_eval(ctx, k, run_id, new_reasoner, images, {
+        evaluation = _named(benchmark_eval, k)(ctx, k, run_id, new_reasoner, images, {
             "confidence_scoring": scoring, "candidate_generation": candidates, "threshold_filtering": curated})
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     stages = dict(zip(STAGES, (rollout, scoring, q_update, candidates, curated, r_update, evaluation)))
     log_iteration(client, run_id, k, _iteration_row(k, stages))
+    log_dataset(client, run_id, f"images-iteration-{k}", images.folder, images.key)
+    log_dataset(client, run_id, f"curated-iteration-{k}", Path(curated.folder) / "curated.jsonl", curated.key)
+    models = {role: log_model(ctx, run_id, stage, role) for role, stage in (("questioner", q_update), ("reasoner", r_update))}
     client.set_terminated(run_id, "FINISHED")
     return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages,
-                           mlflow_run_id=run_id)
+                           mlflow_run_id=run_id, models=models)
+
+
+def _named(stage: Task, k: int) -> Task:
+    """The stage's task with its Prefect task run named ``<k>-<stage>``."""
+    return stage.with_options(task_run_name=f"{k}-{stage.name}")
 
 
 def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
@@ -113,53 +128,142 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
     home_path = Path(home).resolve()
     run = run_name or run_name_for(config)
     with run_lock(home_path, run):
-        return _evolve(config, home_path, run)
+        _name_flow_run(run)
+        return evolve(config, home_path, run, run, "flows/self_evolution.py:self_evolution")
 
 
-def _evolve(config: VisPlayConfig, home_path: Path, run: str) -> dict:
+class LineError(ValueError):
+    """A line of evolution asked to go on with another configuration than the one it grew from."""
+
+
+def advance_line(config: VisPlayConfig, home: Path, line: str, iterations: int, entry_point: str) -> dict:
+    """Run the next ``iterations`` iterations of the line of evolution ``line`` (in the calling flow); returns
+    the line's summary, every iteration so far.
+
+    A line is the run named ``line`` whose iteration count grows: ``HOME/lines/<line>.json`` records the
+    configuration it grows from (its digest, iterations aside), the iterations it finished and those its
+    last advance set out to reach. An advance goes on from the last finished iteration's Questioner and
+    Reasoner (restored from their stages) on each new iteration's own draw of images, exactly as one run of
+    all the iterations would; a failed advance is completed by the next one before it goes further.
+    """
+    with run_lock(home, line):
+        path = home / "lines" / f"{line}.json"
+        state = json.loads(path.read_text()) if path.exists() else None
+        digest = config.model_copy(update={"iterations": 1}).digest()
+        if state and state["config"] != digest:
+            raise LineError(f"line {line} grows from another configuration ({state['preset']}, {state['config']}, "
+                            f"not {config.preset}, {digest}): give this configuration a line of its own")
+        finished, target = (state["finished"], state["target"] + iterations) if state else (0, iterations)
+        record = {"line": line, "preset": config.preset, "config": digest, "finished": finished, "target": target}
+        write_json(path, record)
+        name = f"{line}-iteration-{target}" if target == finished + 1 else f"{line}-iterations-{finished + 1}-{target}"
+        _name_flow_run(name)
+        summary = evolve(config.model_copy(update={"iterations": target}), home, line, name, entry_point,
+                         _finished_iterations(home, line, finished))
+        write_json(path, {**record, "finished": target})
+        return summary
+
+
+def _finished_iterations(home: Path, line: str, finished: int) -> list[dict]:
+    """The summary rows of the line's ``finished`` iterations (none when its summary does not hold them)."""
+    path = home / "runs" / line / "summary.json"
+    rows = json.loads(path.read_text())["iterations"] if path.exists() else []
+    return rows if [r["iteration"] for r in rows] == list(range(1, finished + 1)) else []
+
+
+def _name_flow_run(name: str) -> None:
+    """Rename the Prefect flow run this runs in (its name is known only once the line's state is read)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=name)
+
+
+def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str,
+           earlier: list[dict] = ()) -> dict:
+    """The body of a self-evolution run, inside the caller's flow run (the one a person opens): a new MLflow
+    run ``mlflow_name`` tagged with that flow run and the code, its configuration as params; every
+    finished stage restored, the rest computed. ``earlier``: the summary rows of iterations 1..j this run
+    already finished; it goes on from iteration j's Questioner and Reasoner (from iteration 1 when their
+    checkpoints can no longer be restored)."""
     logger = get_run_logger()
     start = time.time()
     uri = tracking_uri(home_path)
     client = MlflowClient(uri)
     exp = experiment_id(client, home_path)
-    run_id = open_run(client, exp, run, {"visplay.run": run, "visplay.level": "run"})
-    set_tags(client, run_id, {"visplay.preset": config.preset, "visplay.home": str(home_path)})
-    ctx = RunContext(home=str(home_path), run=run, config=config, tracking_uri=uri, experiment_id=exp, run_id=run_id)
-    logger.info("run %s: home %s, tracking %s", run, home_path, uri)
+    tags = link_tags(entry_point)
+    run_id = client.create_run(exp, run_name=mlflow_name, tags={
+        "visplay.run": run, "visplay.level": "run", "visplay.preset": config.preset,
+        "visplay.home": str(home_path), **tags}).info.run_id
+    log_params(client, run_id, config.model_dump(mode="json"))
+    ctx = RunContext(home=str(home_path), run=run, config=config, tracking_uri=uri, experiment_id=exp, run_id=run_id,
+                     tags=tags)
+    url = mlflow_run_url(uri, exp, run_id)
+    if url:
+        create_link_artifact(url, link_text=f"MLflow run {mlflow_name}", key=f"{_slug(run)}-mlflow",
+                             description=f"the MLflow run of {mlflow_name}")
+    logger.info("run %s: home %s, MLflow run %s", run, home_path, url or f"{run_id} in {uri}")
     try:
         folder, truth, manifest = prepare_corpus(config, home_path)
         corpus = manifest.summary()
         log_iteration(client, run_id, 0, {"corpus.usable": corpus["usable"], "corpus.skipped": corpus["skipped"],
                                           **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
         base = Checkpoint.of_folder(config.base_model_path)
-        base_eval = benchmark_eval(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
-        questioner = reasoner = base
+        base_eval = _named(benchmark_eval, 0)(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
+        models = _checkpoints(ctx, earlier[-1]) if earlier else None
+        earlier = list(earlier) if models else []
+        questioner, reasoner = models or (base, base)
         results = []
-        for k in range(1, config.iterations + 1):
+        for k in range(len(earlier) + 1, config.iterations + 1):
             result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
             questioner, reasoner = result.questioner, result.reasoner
             results.append(result)
-            publish_report(ctx, base_eval, results, folder, truth)
+            if k == config.iterations or not all(s.cached for s in result.stages.values()):
+                publish_report(ctx, base_eval, earlier, results, folder, truth)  # not again for iterations only restored
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    summary = build_summary(run, config, base_eval, results, folder, truth, time.time() - start)
+    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start)
     for row in summary["iterations"]:
         log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     write_json(home_path / "runs" / run / "summary.json", summary)
     write_json(home_path / "summary.json", summary)
     client.log_artifact(run_id, str(home_path / "runs" / run / "summary.json"))
+    last, accuracy = results[-1], summary["iterations"][-1]["shapes_accuracy"]
+    register_model(client, REGISTERED_REASONER, last.stages["reasoner_grpo"], {
+        "visplay.run": run, "visplay.run_id": run_id, "visplay.iteration": str(last.iteration),
+        "visplay.logged_model": last.models["reasoner"], **({"shapes_accuracy": str(accuracy)} if accuracy is not None else {})})
     client.set_terminated(run_id, "FINISHED")
     print(summary_table(summary))
     return summary
 
 
-def publish_report(ctx: RunContext, base_eval: StageResult, results: list[IterationResult], folder: Path,
-                   truth: Path | None) -> None:
+def _checkpoints(ctx: RunContext, row: dict) -> tuple[Checkpoint, Checkpoint] | None:
+    """The updated Questioner and Reasoner of a finished iteration's summary row, restored from their stages
+    (here, or from MLflow); None when one of them cannot be."""
+    found = []
+    for stage in ("questioner_grpo", "reasoner_grpo"):
+        key = row["stages"][stage]["key"]
+        folder, finished = stage_folder(ctx, stage, key)
+        if finished is None or not (folder / DONE).exists():
+            return None
+        found.append(Checkpoint(path=str(folder / "model"), key=key))
+    return found[0], found[1]
+
+
+def _slug(name: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict], results: list[IterationResult],
+                   folder: Path, truth: Path | None) -> None:
     """The last iteration's report: files in HOME/runs/<run>/report/iteration-<k>/, logged under ``report/``
     on the iteration's MLflow run, and as Prefect artifacts (markdown summary, table of sample questions)."""
     last = results[-1]
-    rows = [{"iteration": r.iteration, **_iteration_row(r.iteration, r.stages)} for r in results]
+    rows = [*({k: v for k, v in row.items() if k != "stages"} for row in earlier),
+            *({"iteration": r.iteration, **_iteration_row(r.iteration, r.stages)} for r in results)]
     data = report.load_iteration(last.iteration, rows[-1],
                                  {s: Path(last.stages[s].folder) / f for s, f in report.FILES.items()},
                                  str(folder), str(truth) if truth else None)
@@ -170,14 +274,14 @@ def publish_report(ctx: RunContext, base_eval: StageResult, results: list[Iterat
     for name, content in files.items():
         (out / name).write_bytes(content)
     ctx.client.log_artifacts(last.mlflow_run_id, str(out), "report")
-    key = f"{re.sub(r'[^a-z0-9]+', '-', ctx.run.lower()).strip('-')}-iteration-{last.iteration}"
+    key = f"{_slug(ctx.run)}-iteration-{last.iteration}"
     create_markdown_artifact(files["summary.md"].decode(), key=key, description=f"run {ctx.run}, iteration {last.iteration}")
     create_table_artifact(report.sample_table(data), key=f"{key}-questions",
                           description=f"sample questions of run {ctx.run}, iteration {last.iteration}")
 
 
-def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, results: list[IterationResult],
-                  folder: Path, truth: Path | None, seconds: float) -> dict:
+def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earlier: list[dict],
+                  results: list[IterationResult], folder: Path, truth: Path | None, seconds: float) -> dict:
     return {
         "run": run,
         "preset": config.preset,
@@ -186,12 +290,12 @@ def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, resul
         "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy"),
                  "stage": {"seconds": round(base_eval.seconds, 3), "compute_seconds": round(base_eval.compute_seconds, 3),
                            "cached": base_eval.cached}},
-        "iterations": [
+        "iterations": [*earlier, *(
             {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
              "stages": {name: {"seconds": round(s.seconds, 3), "compute_seconds": round(s.compute_seconds, 3),
                                "cached": s.cached, "key": s.key}
                         for name, s in r.stages.items()}}
-            for r in results],
+            for r in results)],
         "seconds": round(seconds, 3),
     }
 

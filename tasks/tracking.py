@@ -16,12 +16,16 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
@@ -32,6 +36,7 @@ from visplay_core.io import atomic_dir, write_json
 
 EXPERIMENT = "visplay"
 DONE = "_COMPLETE"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunContext(BaseModel):
@@ -43,6 +48,7 @@ class RunContext(BaseModel):
     tracking_uri: str
     experiment_id: str
     run_id: str  # the MLflow run of the whole self-evolution run
+    tags: dict[str, str] = {}  # set on every MLflow run of the run: its Prefect flow run, its code
 
     @property
     def client(self) -> MlflowClient:
@@ -54,6 +60,7 @@ class StageResult(BaseModel):
     iteration: int
     key: str
     folder: str
+    run_id: str  # the MLflow run that recorded the stage's outputs
     metrics: dict[str, Any]
     cached: bool
     seconds: float  # the whole stage: restore or compute, and recording
@@ -102,6 +109,32 @@ def experiment_id(client: MlflowClient, home: Path) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
 
 
+def link_tags(entry_point: str) -> dict[str, str]:
+    """Where a run comes from, as MLflow tags: the Prefect flow run the caller runs in (id, deployment, its page
+    in the Prefect UI when Prefect has one, also as a link in the run's description) and the code (git
+    commit, entry point)."""
+    from prefect.runtime import deployment, flow_run
+    from prefect.settings import PREFECT_UI_URL
+
+    tags = {"mlflow.source.type": "JOB", "mlflow.source.name": entry_point}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if commit.returncode == 0:
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    if flow_run.id:
+        tags["prefect.flow_run_id"] = flow_run.id
+        if PREFECT_UI_URL.value():
+            tags["prefect.flow_run_url"] = flow_run.ui_url
+            tags["mlflow.note.content"] = f"Prefect flow run: [{flow_run.ui_url}]({flow_run.ui_url})"  # the run's description
+    if deployment.id:
+        tags["prefect.deployment"] = f"{flow_run.flow_name}/{deployment.name}"
+    return tags
+
+
+def mlflow_run_url(uri: str, experiment: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when the store is a server."""
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith(("http://", "https://")) else None
+
+
 def cache_key(stage: str, inputs: dict[str, Any]) -> str:
     payload = json.dumps({"stage": stage, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -139,6 +172,20 @@ def _flat(prefix: str, data: Any) -> dict[str, str]:
     return {prefix: str(data)[:500]}
 
 
+def stage_folder(ctx: RunContext, stage: str, key: str):
+    """The stage's folder, fetched from MLflow when a finished copy is recorded there and not here, and that
+    finished MLflow run (None when there is none). The folder holds the stage's outputs iff it has ``DONE``."""
+    folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
+    finished = finished_stage(ctx.client, ctx.experiment_id, key)
+    if finished is not None and not (folder / DONE).exists():
+        with atomic_dir(folder) as tmp:
+            ctx.client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
+            for item in (tmp / "outputs").iterdir():
+                item.rename(tmp / item.name)
+            (tmp / "outputs").rmdir()
+    return folder, finished
+
+
 def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str, inputs: dict[str, Any],
               params: dict[str, Any], compute: Callable[[Path], dict]) -> StageResult:
     """Restore the stage if a finished copy exists, else compute it into a fresh folder and record it.
@@ -149,27 +196,20 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
     """
     start = time.time()
     key = stage_key(stage, inputs, params)
-    folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
     client = ctx.client
-    finished = finished_stage(client, ctx.experiment_id, key)
-    if finished is not None and not (folder / DONE).exists():
-        with atomic_dir(folder) as tmp:
-            client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
-            for item in (tmp / "outputs").iterdir():
-                item.rename(tmp / item.name)
-            (tmp / "outputs").rmdir()
+    folder, finished = stage_folder(ctx, stage, key)
     cached = (folder / DONE).exists()
     tags = {"visplay.run": ctx.run, "visplay.iteration": str(iteration), "visplay.stage": stage,
             "visplay.cache_key": key}
     if cached and finished is not None:
         _say(f"iteration {iteration} · {stage}: restored ({key})")
-        return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=True,
-                           metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
+        return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), run_id=finished.info.run_id,
+                           cached=True, metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
     _say(f"iteration {iteration} · {stage}: {'recording' if cached else 'computing'} ({key})")
     _clear_leftovers(ctx, key, folder)
     compute_seconds = 0.0
     run_id = client.create_run(ctx.experiment_id, run_name=f"{iteration}-{stage}",
-                               tags={**tags, "mlflow.parentRunId": iteration_run_id}).info.run_id
+                               tags={**tags, **ctx.tags, "mlflow.parentRunId": iteration_run_id}).info.run_id
     try:
         if not cached:  # a folder finished locally but never recorded is logged, not recomputed
             with atomic_dir(folder) as tmp:
@@ -187,7 +227,7 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
         client.set_terminated(run_id, "FAILED")
         raise
     _say(f"iteration {iteration} · {stage}: done in {time.time() - start:.1f} s")
-    return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), cached=cached,
+    return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), run_id=run_id, cached=cached,
                        metrics=metrics, seconds=time.time() - start, compute_seconds=compute_seconds)
 
 
@@ -215,11 +255,16 @@ def _log(client: MlflowClient, run_id: str, params: dict, metrics: dict) -> None
         if isinstance(series, list) and series and isinstance(series[0], dict) and "step" in series[0]:
             rows += [Metric(f"{name}.{k}", float(v), now, int(r["step"])) for r in series for k, v in r.items()
                      if k != "step" and isinstance(v, (int, float))]
-    param_rows = [Param(k, v) for k, v in _flat("", params).items()]
-    for i in range(0, max(len(rows), len(param_rows)), 900):
-        client.log_batch(run_id, metrics=rows[i:i + 900], params=param_rows[i:i + 100] if i == 0 else [])
-    for i in range(100, len(param_rows), 100):
-        client.log_batch(run_id, params=param_rows[i:i + 100])
+    for i in range(0, len(rows), 900):
+        client.log_batch(run_id, metrics=rows[i:i + 900])
+    log_params(client, run_id, params)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Nested ``params`` as MLflow params with dotted keys (``questioner.steps``), 100 per request."""
+    rows = [Param(k, v) for k, v in _flat("", params).items()]
+    for i in range(0, len(rows), 100):
+        client.log_batch(run_id, params=rows[i:i + 100])
 
 
 def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[str, float]) -> None:
@@ -227,6 +272,42 @@ def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[st
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None])
 
 
-def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+def checkpoint_uri(stage: StageResult) -> str:
+    """Where a GRPO stage's checkpoint lies in MLflow: its stage run's ``outputs/model``."""
+    return f"runs:/{stage.run_id}/outputs/model"
 
+
+def log_model(ctx: RunContext, run_id: str, stage: StageResult, role: str) -> str:
+    """A GRPO stage's checkpoint as an MLflow logged model ``<role>-iteration-<k>``, listed as an output of
+    ``run_id``; returns its id. One logged model per checkpoint (found again by the stage's cache key): it
+    names the stage run that holds the weights (tag ``visplay.checkpoint``) rather than holding a second copy."""
+    client = ctx.client
+    found = client.search_logged_models([ctx.experiment_id], f"tags.`visplay.cache_key` = '{stage.key}'", max_results=1)
+    if found:
+        model_id = found[0].model_id
+    else:
+        model_id = client.create_logged_model(
+            ctx.experiment_id, name=f"{role}-iteration-{stage.iteration}", source_run_id=stage.run_id, model_type=role,
+            tags={"visplay.cache_key": stage.key, "visplay.checkpoint": checkpoint_uri(stage)}).model_id
+        client.finalize_logged_model(model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, stage.iteration)])
+    return model_id
+
+
+def register_model(client: MlflowClient, name: str, stage: StageResult, tags: dict[str, str]) -> str:
+    """A new version of the registered model ``name`` (created if missing) whose source is a GRPO stage's
+    checkpoint, the weights themselves; returns its number."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(name, checkpoint_uri(stage), run_id=stage.run_id, tags=tags,
+                                       await_creation_for=0).version
+
+
+def log_dataset(client: MlflowClient, run_id: str, name: str, path: str | Path, digest: str) -> None:
+    """A dataset the run trains on, as an MLflow dataset input (metadata: name, content digest, location)."""
+    source = get_dataset_source_from_json(json.dumps({"uri": Path(path).resolve().as_uri()}), "local")
+    dataset = MetaDataset(source, name=name, digest=digest)
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])

@@ -123,3 +123,13 @@ def test_checkpoint_key_follows_content_not_place_or_sizes(tmp_path):
     assert folder("c", b"\x00" * 63 + b"\x01").key != first.key  # retrained, same sizes: a new key
     with pytest.raises(FileNotFoundError, match="no config.json"):
         stage_tasks.Checkpoint.of_folder(tmp_path)
+
+
+def test_flow_run_is_named_after_the_run(finished):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    _, _, summary = finished
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[summary["run"]])))
+    assert any(r.state.is_completed() for r in runs)

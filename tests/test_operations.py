@@ -19,14 +19,14 @@ from mlflow.tracking import MlflowClient
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import ServerError, up
 from tasks.tracking import RunInProgressError, run_lock
-from visplay_core.config import load_config
+from visplay_core.config import load_config, preset_names
 
 ROOT = Path(__file__).resolve().parent.parent
 VISPLAY = [sys.executable, "-m", "flows.cli"]
 RUN = "nightly-test"
 HELD = "held-elsewhere"
 ITERATIONS = 2
-PARAMETERS = {"preset": "smoke", "iterations": ITERATIONS, "run_name": RUN, "overrides": ["eval.limit=12"]}
+PARAMETERS = {"line": RUN, "preset": "smoke", "iterations": ITERATIONS, "overrides": ["eval.limit=12"]}
 REPORT_FILES = {"summary.md", "iteration.html", "questions.json", "grpo_rewards.png", "confidence_histogram.png",
                 "accuracy.png", "pseudo_label_accuracy.png"}
 
@@ -114,7 +114,8 @@ def served(servers):
                 cli = _visplay("run", "--config", "smoke", "--name", HELD, "--home", str(home))
             final = _wait(lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r, 900,
                           "the triggered run", interval=2)
-            keys = [f"{RUN}-iteration-{k}{suffix}" for k in range(1, ITERATIONS + 1) for suffix in ("", "-questions")]
+            keys = [f"{RUN}-mlflow", *(f"{RUN}-iteration-{k}{suffix}" for k in range(1, ITERATIONS + 1)
+                                       for suffix in ("", "-questions"))]
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
         seconds = time.time() - start
     finally:
@@ -237,10 +238,10 @@ def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.parameters == {"home": str(served["home"].resolve())}
     form = deployment.parameter_openapi_schema["properties"]
-    assert form["preset"]["type"] == "string" and form["preset"]["default"] == "demo"
-    assert form["overrides"]["anyOf"][0] == {"items": {"type": "string"}, "type": "array"}
-    assert {"type": "integer"} in form["iterations"]["anyOf"]
-    assert {"config_path", "home", "tracking_uri", "run_name"} <= set(form)
+    assert form["preset"]["enum"] == preset_names() and form["preset"]["default"] == "demo"
+    assert form["overrides"]["type"] == "array" and form["overrides"]["items"] == {"type": "string"}
+    assert form["iterations"]["minimum"] == 1 and form["line"]["default"] == "nightly"
+    assert {"config_path", "home", "tracking_uri"} <= set(form) and "run_name" not in form
     assert all(p.get("description") for p in form.values())
 
 
@@ -252,6 +253,14 @@ def test_triggered_run_completes_and_logs_to_the_mlflow_server(served):
     runs = client.search_runs([experiment.experiment_id], f"tags.`visplay.run` = '{RUN}'", max_results=1000)
     [top] = [r for r in runs if r.data.tags.get("visplay.level") == "run"]
     assert top.info.status == "FINISHED"
+    flow_run = served["flow_run"]
+    assert flow_run.name == top.info.run_name == f"{RUN}-iterations-1-{ITERATIONS}"
+    assert top.data.tags["prefect.flow_run_id"] == str(flow_run.id)
+    assert top.data.tags["prefect.deployment"] == "visplay-nightly/nightly"
+    assert top.data.tags["prefect.flow_run_url"] == f"{served['info']['prefect']['url']}/flow-runs/flow-run/{flow_run.id}"
+    link = served["artifacts"][f"{RUN}-mlflow"]  # and back, on the flow run the deployment started
+    assert link.flow_run_id == flow_run.id and link.data.startswith("[MLflow run ")  # Prefect renders links as markdown
+    assert f"{served['info']['mlflow']['url']}/#/experiments/{experiment.experiment_id}/runs/{top.info.run_id})" in link.data
     assert "summary.json" in {a.path for a in client.list_artifacts(top.info.run_id)}
     stages = {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]): r for r in runs
               if r.data.tags.get("visplay.complete") == "true"}
@@ -271,6 +280,7 @@ def test_each_iteration_has_prefect_artifacts(served):
     for k in range(1, ITERATIONS + 1):
         summary, table = artifacts[f"{RUN}-iteration-{k}"], artifacts[f"{RUN}-iteration-{k}-questions"]
         assert summary.type == "markdown" and table.type == "table"
+        assert summary.flow_run_id == table.flow_run_id == served["flow_run"].id  # on the run the user opens
         assert f"iteration {k}" in summary.data and summary.data.count("data:image/png;base64,") >= 4
         rows = json.loads(table.data) if isinstance(table.data, str) else table.data
         assert rows and {"question", "votes", "confidence", "pseudo-label", "oracle answer"} <= set(rows[0])
