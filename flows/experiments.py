@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from pathlib import Path
 from statistics import mean, stdev
@@ -24,6 +23,7 @@ from flows.self_evolution import self_evolution
 from tasks.tracking import experiment_id, open_run, tracking_uri
 from visplay_core.config import load_config
 from visplay_core.io import write_json
+from visplay_core.measure import eval_items, gain_or_loss
 
 METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "oracle_validity")
 
@@ -136,8 +136,7 @@ def compare(results: list[dict]) -> dict:
 
 
 def _eval_items(results: list[dict]) -> int | None:
-    limits = {r["summary"]["config"]["eval"]["limit"] for r in results}
-    return min(limits) if limits and None not in limits else None
+    return min((eval_items(r["summary"]) for r in results), default=None)
 
 
 def _stats(values: list) -> dict:
@@ -152,13 +151,10 @@ def _verdict(arm: dict, base: dict, n_eval: int | None) -> str:
     least two binomial standard errors of the evaluation (which is all there is with one seed)."""
     if arm["mean"] is None or base["mean"] is None:
         return "no score"
-    p = base["mean"]
-    sampling = 2 * math.sqrt(p * (1 - p) / n_eval) if n_eval else 0.0
-    noise = max(arm["spread"] or 0.0, base["spread"] or 0.0, sampling)
-    diff = arm["mean"] - base["mean"]
-    if abs(diff) <= noise:
-        return f"within noise of its base (±{noise:.3f})"
-    return f"{'above' if diff > 0 else 'below'} its base by {abs(diff):.3f} (noise ±{noise:.3f})"
+    word, margin = gain_or_loss(arm["mean"], base["mean"], n_eval, max(arm["spread"] or 0.0, base["spread"] or 0.0))
+    if word == "within noise":
+        return f"within noise of its base (±{margin:.3f})"
+    return f"{'above' if word == 'gain' else 'below'} its base by {abs(arm['mean'] - base['mean']):.3f} (noise ±{margin:.3f})"
 
 
 def _cell(stat: dict, digits: int = 3) -> str:

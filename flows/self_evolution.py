@@ -32,6 +32,7 @@ from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_t
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
+from visplay_core.measure import eval_items, gain_or_loss
 
 STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
           "threshold_filtering", "reasoner_grpo", "benchmark_eval")
@@ -314,4 +315,11 @@ def summary_table(summary: dict) -> str:
                      f"{len(cached)}/{len(it['stages'])}"])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    base = summary["base"]["shapes_accuracy"]
+    last = summary["iterations"][-1]["shapes_accuracy"] if summary["iterations"] else None
+    if base is not None and last is not None:
+        n = eval_items(summary)
+        word, margin = gain_or_loss(last, base, n)
+        lines.append(f"iteration {summary['iterations'][-1]['iteration']} against the base: {word} ({last - base:+.3f}; "
+                     f"noise ±{margin:.3f}, two binomial standard errors at {n} items, one seed)")
     return "\n".join([f"run {summary['run']} ({summary['preset']}), {summary['seconds']:.1f} s"] + lines)

@@ -7,9 +7,11 @@ and for candidates the calibration of pseudo-labels: true accuracy per confidenc
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 
 from . import world
+from .bench import PER_KIND
 from .answers import answers_match
 
 BINS = 10
@@ -68,3 +70,24 @@ def measure_iteration(files: dict[str, list[dict]], scenes: dict[str, world.Scen
         out["calibration"] = calibration(files["candidates"], scenes)
         out["candidates.per_kind"] = per_kind(files["candidates"], scenes)
     return out
+
+
+def noise(p: float, n_items: int | None, spread: float = 0.0) -> float:
+    """How far apart two accuracies must be to count as different: the spread over seeds, and at least two
+    binomial standard errors of an evaluation of ``n_items`` at accuracy ``p``."""
+    return max(spread, 2 * math.sqrt(p * (1 - p) / n_items) if n_items else 0.0)
+
+
+def gain_or_loss(final: float, base: float, n_items: int | None, spread: float = 0.0) -> tuple[str, float]:
+    """("gain" | "loss" | "within noise", the noise) of ``final`` against ``base``."""
+    margin = noise(base, n_items, spread)
+    diff = final - base
+    return ("within noise" if abs(diff) <= margin else "gain" if diff > 0 else "loss"), margin
+
+
+def eval_items(summary: dict) -> int:
+    """How many ShapesBench items a run's evaluations scored: ``eval.limit`` spread over the six kinds,
+    all 1,200 when unset."""
+    limit = summary["config"]["eval"]["limit"]
+    per_kind = PER_KIND if limit is None else max(1, limit // len(world.KINDS))
+    return per_kind * len(world.KINDS)
