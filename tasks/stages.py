@@ -90,7 +90,8 @@ def _scorer_spec(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int
     return ScorerSpec(reasoner=reasoner.path, m=m, temperature=cfg.reasoner.temperature,
                       max_new_tokens=cfg.reasoner.max_new_tokens, seed=seed, engine=cfg.engine,
                       oracle_error=cfg.oracle_reasoner_error, truth=images.truth,
-                      trust_remote_code=cfg.trust_remote_code)
+                      trust_remote_code=cfg.trust_remote_code,
+                      unanswerable_vote_share=cfg.method.unanswerable_vote_share)
 
 
 def _scorer(ctx: RunContext, reasoner: Checkpoint, images: ImageSet, m: int, seed: int) -> selfplay.ConfidenceScorer:
@@ -142,7 +143,7 @@ def _question_metrics(rows: list[dict]) -> dict:
         "questions": len(rows),
         "malformed_questions": len(rows) - len(valid),  # not one question in the Questioner's format: reward 0
         "unanswered_samples": sum(r["m"] - sum(r["votes"].values()) for r in valid),  # no boxed answer: no vote
-        "unanswerable_questions": sum(r["pseudo_label"] == UNANSWERABLE for r in valid),  # the Reasoner: "none"
+        "unanswerable_questions": sum(r["pseudo_label"] == UNANSWERABLE for r in valid),  # majority "none"
         "validity_rate": len(valid) / len(rows) if rows else 0.0,
         "distinct_questions": len({r["question"] for r in valid}),
         "mean_confidence": mean(r["confidence"] for r in valid) if valid else 0.0,
@@ -193,7 +194,7 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
         set_seed(cfg.seed + k)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_questioner, cfg.seed + 100 * k),
                                    images.load(), read_jsonl(Path(rollout.folder) / "questions.jsonl"))
-        confidences = [answerable_confidence(_vote(r)) for r in rows]  # "none" by majority: invalid
+        confidences = [answerable_confidence(_vote(r), cfg.method.unanswerable_vote_share) for r in rows]
         rewards = questioner_rewards(confidences, [r["question"] for r in rows], cfg.method,
                                      group_ids=[r["image_id"] for r in rows])
         rows = [{**r, "reward": w} for r, w in zip(rows, rewards)]

@@ -113,3 +113,34 @@ def test_a_frozen_vision_tower_stays_put_while_the_language_model_learns(tmp_pat
     after = load_file(tmp_path / "out" / "model" / "model.safetensors")
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert changed and not [k for k in changed if "visual" in k]
+
+
+def test_a_question_the_reasoner_calls_unanswerable_is_invalid():
+    from visplay_core.rewards import UNANSWERABLE, answerable_confidence, questioner_rewards
+
+    mixed = Vote("red", 0.6, {"red": 6, UNANSWERABLE: 2, "blue": 2}, 10)
+    assert answerable_confidence(mixed) == 0.6  # 2 of 10 "none": below the default half
+    assert answerable_confidence(mixed, 0.2) is None and answerable_confidence(mixed, 0.3) == 0.6
+    assert answerable_confidence(Vote(UNANSWERABLE, 0.5, {UNANSWERABLE: 5, "red": 5}, 10)) is None
+    assert answerable_confidence(None) is None
+    # No confidence for a readable question: the invalid reward, as for an unreadable one.
+    paper = MethodConfig()
+    assert questioner_rewards([None, 0.5], ["What color is the circle?", "How many squares are there?"], paper) == \
+        [0.0, pytest.approx(1.0 - 0.5)]
+    curated = curate([_candidate("Is there a red circle?", "yes"),
+                      Candidate("a", "What color is the circle?", mixed)], MethodConfig(unanswerable_vote_share=0.2))
+    assert [c.question for c in curated] == ["Is there a red circle?"]
+
+
+def test_invalid_questions_and_their_none_answers_for_the_bootstrap():
+    from visplay_core.bootstrap import example
+    from visplay_core.rewards import UNANSWERABLE
+
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = world.random_scene(rng)
+        question = world.sample_invalid_question(scene, rng)
+        assert question is not None and world.question_kind(question) and world.oracle(scene, question) is None
+    answers = [example(rng, 0.0, 0.0, unanswerable_share=1.0)[3] for _ in range(20)]
+    assert set(answers) == {UNANSWERABLE}
+    assert UNANSWERABLE not in {example(rng, 0.0, 0.0)[3] for _ in range(50)}

@@ -50,6 +50,7 @@ class ScorerSpec(BaseModel):
     engine: Literal["hf", "vllm"] = "hf"
     oracle_error: float | None = None
     truth: str | None = None  # the embedded world's folder, for an oracle Reasoner
+    unanswerable_vote_share: float = 0.5  # MethodConfig.unanswerable_vote_share
     trust_remote_code: bool = False
 
 

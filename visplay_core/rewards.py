@@ -31,13 +31,19 @@ _BLEU = BLEU(effective_order=True)
 
 UNANSWERABLE = "none"
 """The Reasoner's answer to a question that does not apply to the image (its object is absent, or not
-unique): a majority for it makes the question invalid, so it earns the Questioner no uncertainty reward
-and is never curated. A label-free guard against drifting to unanswerable questions."""
+unique). A question for which at least ``MethodConfig.unanswerable_vote_share`` of the m answers say
+so is invalid: it earns the Questioner no uncertainty reward and is never curated. A label-free guard against
+drifting to unanswerable questions (it reads only the Reasoner's own answers)."""
 
 
-def answerable_confidence(vote: "Vote | None") -> float | None:
-    """The vote's confidence, or None where there is no vote or its majority says ``UNANSWERABLE``."""
-    return None if vote is None or vote.label == UNANSWERABLE else vote.confidence
+def answerable_confidence(vote: "Vote | None", unanswerable_vote_share: float = 0.5) -> float | None:
+    """The vote's confidence, or None where there is no vote, its majority says ``UNANSWERABLE`` or at
+    least ``unanswerable_vote_share`` of its m answers do."""
+    if vote is None or vote.label == UNANSWERABLE:
+        return None
+    if vote.votes.get(UNANSWERABLE, 0) >= unanswerable_vote_share * vote.m:
+        return None
+    return vote.confidence
 
 
 @dataclass(frozen=True)
@@ -191,13 +197,14 @@ def in_window(c: float, method: MethodConfig) -> bool:
 
 def curate(candidates: Iterable[Candidate], method: MethodConfig,
            kind_of: Callable[[str], Hashable] = lambda question: None) -> list[Candidate]:
-    """The candidates that make the Reasoner's training set, in order: those with a pseudo-label (not
-    ``UNANSWERABLE``) and a confidence in the window, keeping the first of each (image, question) pair, where questions
+    """The candidates that make the Reasoner's training set, in order: those with a pseudo-label, not
+    unanswerable (``answerable_confidence``), and a confidence in the window, keeping the first of each (image, question) pair, where questions
     that differ only in case or whitespace count as the same; with ``method.max_label_share``, then
     capped so no pseudo-label holds more than that share of its question kind (``kind_of``)."""
     kept: dict[tuple[str, str], Candidate] = {}
     for candidate in candidates:
-        if candidate.vote.label in (None, UNANSWERABLE) or not in_window(candidate.vote.confidence, method):
+        answerable = answerable_confidence(candidate.vote, method.unanswerable_vote_share) is not None
+        if candidate.vote.label is None or not answerable or not in_window(candidate.vote.confidence, method):
             continue
         key = (candidate.image_id, " ".join(candidate.question.lower().split()))
         kept.setdefault(key, candidate)

@@ -29,8 +29,10 @@ def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequen
 class ConfidenceScorer:
     """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question."""
 
-    def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int):
+    def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int,
+                 unanswerable_vote_share: float = 0.5):
         self.engine, self.m, self.temperature, self.max_new_tokens, self.seed = engine, m, temperature, max_new_tokens, seed
+        self.unanswerable_vote_share = unanswerable_vote_share
         self.calls = 0
 
     def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
@@ -47,7 +49,7 @@ class ConfidenceScorer:
 
     def confidences(self, questions: list[str | None], images: list[Image.Image]) -> list[float | None]:
         """The ``score_confidence`` hook of ``rewards.make_questioner_reward_func``."""
-        return [answerable_confidence(v) for v in self.votes(images, questions)]
+        return [answerable_confidence(v, self.unanswerable_vote_share) for v in self.votes(images, questions)]
 
 
 def pixel_key(image: Image.Image) -> str:
@@ -88,7 +90,7 @@ def make_scorer(spec, images_folder: str, images: Mapping[str, Image.Image]) -> 
         return OracleScorer(scenes, images, spec.m, spec.oracle_error, spec.seed)
     engine = make_engine(spec.reasoner, spec.engine, spec.trust_remote_code, spec.seed)
     return ConfidenceScorer(engine, m=spec.m, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens,
-                            seed=spec.seed)
+                            seed=spec.seed, unanswerable_vote_share=spec.unanswerable_vote_share)
 
 
 def score_rows(scorer: ConfidenceScorer, images: Mapping[str, Image.Image], rows: list[dict]) -> list[dict]:
