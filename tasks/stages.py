@@ -117,8 +117,15 @@ def _versioned(stage: str, params: dict) -> dict:
 
 def _stage(ctx: RunContext, k: int, run_id: str, stage: str, inputs: dict, params: dict,
            compute: Callable[[Path], dict]) -> StageResult:
-    """``run_stage`` with the code's versions and the stage's format number in its cache key."""
-    return run_stage(ctx, k, run_id, stage, inputs, _versioned(stage, params), compute)
+    """``run_stage`` with the code's versions and the stage's format number in its cache key, and one
+    progress bar over the prompts its compute generates for."""
+    from visplay_core.progress import progress
+
+    def compute_with_bar(out: Path) -> dict:
+        with progress(f"iteration {k} · {stage}"):
+            return compute(out)
+
+    return run_stage(ctx, k, run_id, stage, inputs, _versioned(stage, params), compute_with_bar)
 
 
 def _grpo_stage(ctx: RunContext, k: int, run_id: str, stage: str, inputs: dict, params: dict,

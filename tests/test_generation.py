@@ -101,3 +101,25 @@ def test_vllm_engine_sends_one_request_per_prompt_and_groups_the_n_samples(monke
     request = calls["requests"][0]
     assert request["multi_modal_data"]["image"] is images[0]
     assert request["prompt"].endswith("<|im_start|>assistant\n") and "<|image_pad|>" in request["prompt"]
+
+
+def test_a_stage_shows_one_progress_bar_over_all_its_prompts(capsys):
+    from PIL import Image
+
+    from visplay_core.config import BASE_CHECKPOINT
+    from visplay_core.generation import generate
+    from visplay_core.model import load_model, load_processor
+    from visplay_core.progress import progress
+
+    model, processor = load_model(BASE_CHECKPOINT), load_processor(BASE_CHECKPOINT)
+    images = [Image.new("RGB", (112, 112), (255, 255, 255))] * 3
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a red circle?"}]}]] * 3
+    with progress("iteration 1 · candidate_generation"):
+        generate(model, processor, images, messages, temperature=0.0, max_new_tokens=4, batch_size=2)
+        generate(model, processor, images[:2], messages[:2], n=2, temperature=1.0, max_new_tokens=4, batch_size=2)
+    err = capsys.readouterr().err
+    assert "iteration 1 · candidate_generation" in err and "5/5" in err
+    with progress("iteration 1 · threshold_filtering"):
+        pass  # nothing generated: no bar
+    generate(model, processor, images[:1], messages[:1], temperature=0.0, max_new_tokens=4)  # outside a stage: none
+    assert capsys.readouterr().err.count("threshold_filtering") == 0

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from .progress import progress_bar
+
 
 def chat_texts(processor, conversations: Sequence[list[dict]]) -> list[str]:
     return [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
@@ -42,6 +44,7 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
     results: list[list[str]] = []
     entropies: list[list[float]] = []
     per_batch = max(1, batch_size // n)
+    bar = progress_bar(len(texts))
     for start in range(0, len(texts), per_batch):
         batch_images = list(images[start:start + per_batch])
         if all(isinstance(i, (list, tuple)) and not i for i in batch_images):
@@ -53,6 +56,8 @@ def generate(model, processor, images: Sequence[Image.Image], conversations: Seq
         new_tokens = sequences[:, batch["input_ids"].shape[1]:]
         decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
         results.extend(decoded[i:i + n] for i in range(0, len(decoded), n))
+        if bar is not None:
+            bar.update(len(texts[start:start + per_batch]))
         if with_entropy:
             means = mean_token_entropy(torch.stack(out.scores, dim=1), new_tokens, processor.tokenizer.pad_token_id)
             entropies.extend(means[i:i + n] for i in range(0, len(means), n))
