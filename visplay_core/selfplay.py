@@ -29,6 +29,8 @@ def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequen
 class ConfidenceScorer:
     """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question."""
 
+    unanswerable_vote_share = 0.5  # rewards.answerable_confidence
+
     def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int,
                  unanswerable_vote_share: float = 0.5):
         self.engine, self.m, self.temperature, self.max_new_tokens, self.seed = engine, m, temperature, max_new_tokens, seed
