@@ -116,7 +116,7 @@ def test_a_grpo_stage_shows_one_progress_bar_and_keeps_the_trainers_log_dicts_of
     assert "'loss'" not in terminal and "train_runtime" not in terminal, terminal
     assert "2/2 [" in terminal  # the trainer's bar
     logged = read_jsonl(tmp_path / "out" / "history.jsonl")
-    assert logged == history and [r["step"] for r in logged if "loss" in r] == [1, 2]
+    assert logged == history.history and [r["step"] for r in logged if "loss" in r] == [1, 2]
 
 
 # Real servers of a home of their own (`visplay up`), killed under a running `visplay run`.
@@ -175,7 +175,8 @@ def test_mlflow_server_killed_and_restarted_mid_run_loses_nothing(served_home):
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     assert "'loss'" not in out + err and "Loading weights" not in err and "Traceback" not in err  # one bar per GRPO stage
-    assert out.strip().splitlines()[-2].startswith("base ")  # ends with the summary table
+    assert out.strip().splitlines()[-3].startswith("base ")  # ends with the summary table
+    assert out.strip().splitlines()[-1].startswith("iteration 1 against the base: ")
     client = MlflowClient(servers["mlflow"]["api"])
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.run` = 'mlflow-restarted' and tags.`visplay.complete` = 'true'")

@@ -68,7 +68,7 @@ def reasoner_stage(tmp_path):
         return reasoner_grpo.fn(ctx, 0, run_id, Checkpoint.of_folder(BASE_CHECKPOINT),
                                 ImageSet(folder=str(tmp_path / "corpus"), ids=ids),
                                 StageResult(stage="threshold_filtering", iteration=0, key="curated", folder=str(curated),
-                                            metrics={}, cached=False, seconds=0.0))
+                                            run_id=run_id, metrics={}, cached=False, seconds=0.0))
 
     return tmp_path / "home", run
 
