@@ -103,6 +103,8 @@ def whole_process(args: list[str]) -> tuple[float, float]:
 
 def rerun_row(preset: str, home: Path) -> list:
     """A rerun of the finished ``preset`` run in ``home``: in this process, then as `visplay run` in a fresh one."""
+    from visplay_core.config import load_config
+
     again, in_process = _run(load_config(preset), home)
     stages = [s for it in again["iterations"] for s in it["stages"].values()] + [again["base"]["stage"]]
     wall, cpu = whole_process(["run", "--config", preset, "--home", str(home)])
@@ -110,6 +112,8 @@ def rerun_row(preset: str, home: Path) -> list:
 
 
 def startup(home: Path) -> str:
+    from visplay_core.config import load_config
+
     _run(load_config("smoke"), home)
     return ("### Start-up: rerun of the finished smoke run\n\n"
             + table(RESUME_HEAD, [rerun_row("smoke", home)]))
