@@ -4,7 +4,6 @@ MLflow server (started here, SQLite behind it, its registry) and the real tiny m
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,23 +18,19 @@ from flows.self_evolution import STAGES, LineError, self_evolution
 from tasks import stages as stage_tasks
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config, preset_names
+from tests.net import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 OVERRIDES = ["eval.limit=12"]
 LINE = "night"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on a free loopback port, its store a SQLite file; MLFLOW_TRACKING_URI points at it."""
     root = tmp_path_factory.mktemp("mlflow")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
                                "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"],
                               cwd=root, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import ServerError, up
 from tasks.tracking import RunInProgressError, run_lock
+from tests.net import free_port
 from visplay_core.config import load_config, preset_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +31,6 @@ PARAMETERS = {"line": RUN, "preset": "smoke", "iterations": ITERATIONS, "overrid
 REPORT_FILES = {"summary.md", "iteration.html", "questions.json", "grpo_rewards.png", "confidence_histogram.png",
                 "accuracy.png", "pseudo_label_accuracy.png"}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _visplay(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -71,7 +67,7 @@ def _wait(condition, timeout: float, what: str, interval: float = 1.0):
 def servers(tmp_path_factory):
     """`visplay up` on free ports: (home, the content of servers.json)."""
     home = tmp_path_factory.mktemp("ops")
-    up = _visplay("up", "--home", str(home), "--prefect-port", str(_free_port()), "--mlflow-port", str(_free_port()))
+    up = _visplay("up", "--home", str(home), "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()))
     assert up.returncode == 0, up.stdout + up.stderr
     yield home, json.loads((home / "servers.json").read_text())
     _visplay("down", "--home", str(home))  # no-op when test_down already stopped them
@@ -147,7 +143,7 @@ def test_up_beside_another_homes_servers_fails_naming_the_port_and_its_holder(se
     home, info = servers
     prefect_port = info["prefect"]["port"]
     other = tmp_path / "h2"
-    done = _visplay("up", "--home", str(other), "--prefect-port", str(prefect_port), "--mlflow-port", str(_free_port()))
+    done = _visplay("up", "--home", str(other), "--prefect-port", str(prefect_port), "--mlflow-port", str(free_port()))
     assert done.returncode == 1 and not done.stdout
     holder = next(p.pid for p in _group(info["prefect"]["pid"]) for c in p.net_connections("inet")
                   if c.status == psutil.CONN_LISTEN and c.laddr.port == prefect_port)
@@ -164,7 +160,7 @@ def test_up_names_a_stranger_holding_the_port_and_starts_nothing(tmp_path):
         stranger.listen()
         port = stranger.getsockname()[1]
         with pytest.raises(ServerError, match=rf"port {port} \(for mlflow\) is taken by pid {os.getpid()}: "):
-            up(tmp_path, prefect_port=_free_port(), mlflow_port=port)
+            up(tmp_path, prefect_port=free_port(), mlflow_port=port)
     assert not (tmp_path / "servers.json").exists() and not (tmp_path / "logs").exists()
 
 
@@ -174,8 +170,8 @@ def test_off_loopback_both_servers_refuse_requests_without_the_homes_credentials
     import urllib.request
 
     home = tmp_path / "exposed"
-    started = _visplay("up", "--home", str(home), "--host", "0.0.0.0", "--prefect-port", str(_free_port()),
-                       "--mlflow-port", str(_free_port()))
+    started = _visplay("up", "--home", str(home), "--host", "0.0.0.0", "--prefect-port", str(free_port()),
+                       "--mlflow-port", str(free_port()))
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"credentials in {home / 'credentials.json'} (mode 0600)" in started.stdout

@@ -6,7 +6,6 @@ after `visplay down`."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from flows.servers import down, read_servers, up
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config
 from visplay_core.io import read_jsonl
+from tests.net import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,16 +124,11 @@ VISPLAY = [sys.executable, "-m", "flows.cli"]
 SMOKE = ["--config", "smoke", "--set", "iterations=1", "--set", "eval.limit=12"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def served_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("servers")
-    up(home, prefect_port=_free_port(), mlflow_port=_free_port())
+    up(home, prefect_port=free_port(), mlflow_port=free_port())
     yield home
     down(home)
 
