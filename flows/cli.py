@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=".visplay")
     p.add_argument("--bases", help="initialization: comma-separated base checkpoints (or 'base'), weakest first")
     p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
-                   "bases for these step counts (the shipped base has 4000)")
+                   "bases for these step counts (the shipped base had 6000, in two stages)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bootstrap", help="rebuild the tiny base VLM from its seed")
