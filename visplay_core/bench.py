@@ -130,6 +130,11 @@ def sampled_scores(samples: list[list[str | None]], answers: list[str], match,
     return out
 
 
+def per_kind_of(limit: int | None) -> int | None:
+    """Items of each kind that an evaluation ``limit`` (spread evenly over the kinds) keeps; None: all."""
+    return None if limit is None else max(1, limit // len(world.KINDS))
+
+
 def limited(items, limit: int | None):
     """The first ``limit`` items of every kind (all when None), so a limit keeps every kind."""
     if limit is None:

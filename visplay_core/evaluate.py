@@ -32,8 +32,7 @@ def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool =
     ``votes`` M > 0, also pass@1, majority-vote accuracy and mean token entropy of M samples at
     ``temperature`` (``bench.score``). ``split`` "validation" scores an independent draw, to choose
     settings on without touching the test items."""
-    per_kind = None if limit is None else max(1, limit // len(bench.world.KINDS))
-    items = bench.limited(bench.shapes_bench(split=split), per_kind)
+    items = bench.limited(bench.shapes_bench(split=split), bench.per_kind_of(limit))
     images = [i.image() for i in items]
     questions = [i.question for i in items]
     samples = entropies = None

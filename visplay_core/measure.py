@@ -11,7 +11,7 @@ import math
 from collections import Counter, defaultdict
 
 from . import world
-from .bench import PER_KIND
+from .bench import PER_KIND, per_kind_of
 from .answers import answers_match
 
 BINS = 10
@@ -88,6 +88,4 @@ def gain_or_loss(final: float, base: float, n_items: int | None, spread: float =
 def eval_items(summary: dict) -> int:
     """How many ShapesBench items a run's evaluations scored: ``eval.limit`` spread over the six kinds,
     all 1,200 when unset."""
-    limit = summary["config"]["eval"]["limit"]
-    per_kind = PER_KIND if limit is None else max(1, limit // len(world.KINDS))
-    return per_kind * len(world.KINDS)
+    return (per_kind_of(summary["config"]["eval"]["limit"]) or PER_KIND) * len(world.KINDS)
