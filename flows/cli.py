@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
 
 PREFECT_GRACE_SECONDS = 10  # how long a run waits for its Prefect server to answer again
 SERVE_GRACE_SECONDS = 3  # and `serve`, which has nothing to lose
+FREEZE_IMPORTS = False  # set by `entry`, the command's own process
 STOPPED_RUN = "the run stops here; run the same command again to resume from its finished stages"
 
 
@@ -151,17 +153,34 @@ def _tracebacks_once() -> None:
             handler.setFormatter(_TracebackOnce(handler.formatter))
 
 
-def _run_flow(config, home: str, name: str | None) -> int:
-    from flows.servers import use_servers
+def _connect(home: str):
+    """Before a command runs flows: point Prefect and MLflow at HOME's servers when they answer (before prefect
+    is imported: its settings are read then) and leave promptly if that Prefect server dies; otherwise start
+    Prefect's temporary server in the background. Returns ``ready()``, to call once the flows are imported:
+    it waits for Prefect."""
+    from flows.servers import start_temporary_prefect, use_servers
 
-    use_servers(Path(home))  # before prefect is imported: its settings are read then
+    use_servers(Path(home))
     _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
+    prefect_started = start_temporary_prefect()
+
+    def ready() -> None:
+        _tracebacks_once()
+        if FREEZE_IMPORTS:
+            gc.freeze()
+        prefect_started()
+
+    return ready
+
+
+def _run_flow(config, home: str, name: str | None) -> int:
+    ready = _connect(home)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.self_evolution import self_evolution
     from tasks.tracking import RunInProgressError
 
-    _tracebacks_once()
+    ready()
     try:
         # No flow-run heartbeats from the command line: each flow's end waits up to a second for its heartbeat
         # thread, and they serve only Prefect automations that mark silent runs crashed. Served runs keep them.
@@ -187,14 +206,13 @@ def cmd_run(args) -> int:
 def cmd_advance(args) -> int:
     if args.iterations < 1:
         raise SystemExit(f"visplay advance: --iterations must be at least 1 (got {args.iterations})")
-    from flows.servers import use_servers
-
-    use_servers(Path(args.home))  # before prefect is imported: its settings are read then
+    ready = _connect(args.home)
     from flows.deploy import visplay_nightly
     from flows.self_evolution import LineError
     from tasks.tracking import RunInProgressError
     from visplay_core.config import ConfigError, load_config, preset_names
 
+    ready()
     try:
         load_config(args.config, args.set)  # a bad configuration stops here, before any flow run
         source = {"preset": args.config} if args.config in preset_names() else {"config_path": args.config}
@@ -211,13 +229,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from flows.servers import use_servers
-
-    use_servers(Path(args.home))
-    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
+    ready = _connect(args.home)
     from flows.experiments import sweep
     from visplay_core.config import ConfigError
 
+    ready()
     try:
         sweep(args.config, args.grid, args.seeds, args.home, args.name, args.set)
     except (ConfigError, ValueError) as e:
@@ -226,13 +242,11 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from flows.servers import use_servers
-
-    use_servers(Path(args.home))
-    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
+    ready = _connect(args.home)
     from flows.experiments import shipped_grids, sweep
     from visplay_core.config import ConfigError
 
+    ready()
     bases = [b.strip() for b in args.bases.split(",")] if args.bases else None
     if args.name == "initialization" and bases is None:
         bases = _bootstrapped_bases(Path(args.home), [int(n) for n in args.bootstrap_steps.split(",")])
@@ -464,5 +478,18 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def entry() -> int:
+    """The `visplay` command: ``main`` in a process of its own, which may freeze its heap (``gc.freeze``) once
+    the flows are imported and again at the end: the objects Prefect, MLflow and pydantic build at import live
+    as long as the process, and each full garbage collection over them (one during a run, one at exit) costs
+    about 1.5 s on two cores."""
+    global FREEZE_IMPORTS
+    FREEZE_IMPORTS = True
+    try:
+        return main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -265,6 +265,30 @@ def use_servers(home: Path) -> dict | None:
     return servers
 
 
+def start_temporary_prefect() -> Callable[[], None]:
+    """With no Prefect server configured, Prefect starts a temporary one at the first flow run and waits about
+    3 s for it to answer. Start that same server (Prefect's ``SubprocessASGIServer``, which the flow then
+    finds running) now, from a thread, so that it boots while the flows import; returns a function that waits
+    for it. A start that fails here is tried again, and reported, by Prefect at the flow run."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return lambda: None
+
+    from prefect.server.api.server import SubprocessASGIServer  # here: imports in a thread would share the GIL
+
+    def start():
+        try:
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - Prefect retries at the flow run and raises its own error there
+            pass
+
+    thread = threading.Thread(target=start, name="prefect-temporary-server", daemon=True)
+    thread.start()
+    return thread.join
+
+
 def watch_prefect(api: str, grace: float, on_lost: Callable[[str], None], interval: float = 1.0) -> bool:
     """Watch the Prefect server at ``api`` from a daemon thread: once it has not answered its health check
     for ``grace`` seconds, call ``on_lost(message)``. Returns False (and watches nothing) when it does not

@@ -227,6 +227,35 @@ def test_starting_a_run_imports_no_torch_transformers_or_trl():
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr[-2000:]
 
 
+TEMPORARY_PREFECT = """
+import os, sys, psutil
+from flows.servers import start_temporary_prefect
+ready = start_temporary_prefect()
+ready()
+def servers():
+    return len([c for c in psutil.Process().children() if "uvicorn" in " ".join(c.cmdline())])
+before = servers()
+from prefect import flow
+assert flow(name="probe")(lambda: 7)() == 7
+print(before, servers())
+"""
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_one(prefect_server, configured):
+    """Without a Prefect server, a command starts Prefect's temporary server while it imports the flows, and
+    the flow runs on it (one server); with one configured it starts none."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if configured:  # a server of the test session's harness
+        from prefect.settings import PREFECT_API_URL
+
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    done = subprocess.run([sys.executable, "-c", TEMPORARY_PREFECT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == (["0", "0"] if configured else ["1", "1"])
+
+
 def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     deployment = served["deployment"]
     [schedule] = deployment.schedules

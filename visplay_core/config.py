@@ -173,14 +173,12 @@ class VisPlayConfig(BaseModel):
 def code_versions() -> dict[str, str]:
     """What a stage computes beyond its configuration, part of every stage's cache key (with the stage's
     own format number, ``tasks.stages.FORMATS``): the visplay package (prompts, answer matching, rewards),
-    ShapesBench's version (the world and its oracle), transformers and TRL."""
-    import transformers
-    import trl
-
+    ShapesBench's version (the world and its oracle), transformers and TRL. Read from the installed packages'
+    metadata: a stage restored from cache imports neither library."""
     from . import bench
 
-    return {"visplay": version("visplay"), "bench": bench.VERSION, "transformers": transformers.__version__,
-            "trl": trl.__version__}
+    return {"visplay": version("visplay"), "bench": bench.VERSION, "transformers": version("transformers"),
+            "trl": version("trl")}
 
 
 def preset_names() -> list[str]:
