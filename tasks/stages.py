@@ -23,14 +23,14 @@ from visplay_core.config import code_versions
 from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration
-from visplay_core.rewards import UNANSWERABLE, Candidate, Vote, answerable_confidence, curate, questioner_rewards
+from visplay_core.rewards import Candidate, Vote, answerable_confidence, curate, is_unanswerable, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage, stage_key
 
 # Each stage's format number, part of its cache key with the code's versions (``code_versions``): bump it
 # when what the stage writes, or how it computes it, changes in a way its configuration does not show;
 # its finished copies are then recomputed, and so is every stage after it (their inputs' keys change).
-FORMATS = {"question_rollout": 1, "confidence_scoring": 1, "questioner_grpo": 1, "candidate_generation": 1,
+FORMATS = {"question_rollout": 1, "confidence_scoring": 2, "questioner_grpo": 1, "candidate_generation": 2,
            "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 1}
 
 # torch, transformers and TRL (and the modules that import them) are imported where a stage computes, so
@@ -144,13 +144,14 @@ def _vote(row: dict) -> Vote:
     return Vote(label=row["pseudo_label"], confidence=row["confidence"], votes=row["votes"], m=row["m"])
 
 
-def _question_metrics(rows: list[dict]) -> dict:
+def _question_metrics(rows: list[dict], unanswerable_vote_share: float) -> dict:
     valid = [r for r in rows if r["question"] is not None]
     return {
         "questions": len(rows),
         "malformed_questions": len(rows) - len(valid),  # not one question in the Questioner's format: reward 0
         "unanswered_samples": sum(r["m"] - sum(r["votes"].values()) for r in valid),  # no boxed answer: no vote
-        "unanswerable_questions": sum(r["pseudo_label"] == UNANSWERABLE for r in valid),  # majority "none"
+        # the Reasoner's "none" answers make them invalid (rewards.is_unanswerable): no reward, never curated
+        "unanswerable_questions": sum(is_unanswerable(_vote(r), unanswerable_vote_share) for r in valid),
         "validity_rate": len(valid) / len(rows) if rows else 0.0,
         "distinct_questions": len({r["question"] for r in valid}),
         "mean_confidence": mean(r["confidence"] for r in valid) if valid else 0.0,
@@ -212,7 +213,7 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
         # GRPO learns only from groups whose rewards differ: train on those images (all when none do).
         informative = [i for i in images.ids if len(set(by_image.get(i, []))) > 1] or list(images.ids)
         write_json(out / "grpo_images.json", informative)
-        return {**_question_metrics(rows), "mean_reward": mean(rewards), "informative_images": len(informative)}
+        return {**_question_metrics(rows, cfg.method.unanswerable_vote_share), "mean_reward": mean(rewards), "informative_images": len(informative)}
 
     return _stage(ctx, k, run_id, "confidence_scoring", {"reasoner": reasoner.key, "rollout": rollout.key},
                   params, compute)
@@ -262,7 +263,7 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
                                         max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + 10 * k)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_curation, cfg.seed + 100 * k + 2), pictures, rows)
         write_jsonl(out / "candidates.jsonl", rows)
-        return _question_metrics(rows)
+        return _question_metrics(rows, cfg.method.unanswerable_vote_share)
 
     return _stage(ctx, k, run_id, "candidate_generation",
                   {"questioner": questioner.key, "reasoner": reasoner.key, "images": images.key}, params, compute)

@@ -132,6 +132,24 @@ def test_a_question_the_reasoner_calls_unanswerable_is_invalid():
     assert [c.question for c in curated] == ["Is there a red circle?"]
 
 
+def test_question_metrics_count_unanswerable_questions_by_the_vote_share_rule():
+    from tasks.stages import _question_metrics
+    from visplay_core.rewards import UNANSWERABLE
+
+    def row(question, label, votes):
+        return {"question": question, "pseudo_label": label, "confidence": max(votes.values()) / 10, "votes": votes,
+                "m": 10}
+
+    rows = [row("a?", "red", {"red": 6, UNANSWERABLE: 2, "blue": 2}),  # 2 "none" of 10
+            row("b?", "red", {"red": 7, UNANSWERABLE: 3}),  # 3 of 10
+            row("c?", UNANSWERABLE, {UNANSWERABLE: 9, "red": 1}),  # a "none" majority
+            {"question": None, "pseudo_label": None, "confidence": 0.0, "votes": {}, "m": 10}]
+    assert _question_metrics(rows, 0.5)["unanswerable_questions"] == 1
+    assert _question_metrics(rows, 0.3)["unanswerable_questions"] == 2  # b's 3 of 10 reach 0.3
+    assert _question_metrics(rows, 0.2)["unanswerable_questions"] == 3
+    assert _question_metrics(rows, 0.2)["malformed_questions"] == 1
+
+
 def test_invalid_questions_and_their_none_answers_for_the_bootstrap():
     from visplay_core.bootstrap import example
     from visplay_core.rewards import UNANSWERABLE

@@ -35,7 +35,7 @@ from . import prompts
 from .corpus import load_images
 from .io import read_jsonl, write_json, write_jsonl
 from .config import TrainingConfig
-from .method import MethodConfig
+from .method import UNANSWERABLE_VOTE_SHARE, MethodConfig
 from .model import load_model, load_processor, save_checkpoint
 
 
@@ -50,7 +50,7 @@ class ScorerSpec(BaseModel):
     engine: Literal["hf", "vllm"] = "hf"
     oracle_error: float | None = None
     truth: str | None = None  # the embedded world's folder, for an oracle Reasoner
-    unanswerable_vote_share: float = 0.5  # MethodConfig.unanswerable_vote_share
+    unanswerable_vote_share: float = UNANSWERABLE_VOTE_SHARE
     trust_remote_code: bool = False
 
 

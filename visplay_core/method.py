@@ -21,6 +21,10 @@ directions), or NLTK's ``sentence_bleu`` with smoothing method 1 on whitespace t
 question as hypothesis (the official code's)."""
 
 
+UNANSWERABLE_VOTE_SHARE = 0.5
+"""The default share of a question's m answers saying "none" that makes it invalid: their majority."""
+
+
 class MethodConfig(BaseModel):
     """Everything that defines the reward and curation rules of one VisPlay variant."""
 
@@ -43,7 +47,7 @@ class MethodConfig(BaseModel):
     tau_low: float = Field(0.25, description="lowest confidence a curated question may have")
     tau_high: float = Field(0.75, description="highest confidence a curated question may have")
     unanswerable_vote_share: float = Field(
-        0.5, gt=0, le=1, description="a question is invalid when at least this share of the Reasoner's m answers "
+        UNANSWERABLE_VOTE_SHARE, gt=0, le=1, description="a question is invalid when at least this share of the Reasoner's m answers "
         "say it does not apply ('none'); 0.5: when they are the majority")
     max_label_share: float | None = Field(
         None, gt=0, le=1, description="curation keeps at most this share of one pseudo-label among the curated "

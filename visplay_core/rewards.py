@@ -24,7 +24,7 @@ from sacrebleu.metrics import BLEU
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from .answers import answers_match, extract_answer, extract_question, normalize_answer
-from .method import BleuForm, MethodConfig, UncertaintyForm
+from .method import UNANSWERABLE_VOTE_SHARE, BleuForm, MethodConfig, UncertaintyForm
 
 _BLEU = BLEU(effective_order=True)
 
@@ -36,12 +36,15 @@ so is invalid: it earns the Questioner no uncertainty reward and is never curate
 drifting to unanswerable questions (it reads only the Reasoner's own answers)."""
 
 
-def answerable_confidence(vote: "Vote | None", unanswerable_vote_share: float = 0.5) -> float | None:
-    """The vote's confidence, or None where there is no vote, its majority says ``UNANSWERABLE`` or at
-    least ``unanswerable_vote_share`` of its m answers do."""
-    if vote is None or vote.label == UNANSWERABLE:
-        return None
-    if vote.votes.get(UNANSWERABLE, 0) >= unanswerable_vote_share * vote.m:
+def is_unanswerable(vote: "Vote", unanswerable_vote_share: float = UNANSWERABLE_VOTE_SHARE) -> bool:
+    """Whether the vote's majority says ``UNANSWERABLE`` or at least ``unanswerable_vote_share`` of its m
+    answers do."""
+    return vote.label == UNANSWERABLE or vote.votes.get(UNANSWERABLE, 0) >= unanswerable_vote_share * vote.m
+
+
+def answerable_confidence(vote: "Vote | None", unanswerable_vote_share: float = UNANSWERABLE_VOTE_SHARE) -> float | None:
+    """The vote's confidence, or None where there is no vote or it is unanswerable (``is_unanswerable``)."""
+    if vote is None or is_unanswerable(vote, unanswerable_vote_share):
         return None
     return vote.confidence
 

@@ -13,6 +13,7 @@ from PIL import Image
 from . import bench, prompts, world
 from .answers import extract_answer, extract_question
 from .generation import make_engine
+from .method import UNANSWERABLE_VOTE_SHARE
 from .rewards import Vote, answerable_confidence, majority_vote
 
 
@@ -29,10 +30,8 @@ def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequen
 class ConfidenceScorer:
     """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question."""
 
-    unanswerable_vote_share = 0.5  # rewards.answerable_confidence
-
     def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int,
-                 unanswerable_vote_share: float = 0.5):
+                 unanswerable_vote_share: float = UNANSWERABLE_VOTE_SHARE):
         self.engine, self.m, self.temperature, self.max_new_tokens, self.seed = engine, m, temperature, max_new_tokens, seed
         self.unanswerable_vote_share = unanswerable_vote_share
         self.calls = 0
