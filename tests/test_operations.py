@@ -246,6 +246,7 @@ def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_
     """Without a Prefect server, a command starts Prefect's temporary server while it imports the flows, and
     the flow runs on it (one server); with one configured it starts none."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # two loaded cores can take more than 20 s
     if configured:  # a server of the test session's harness
         from prefect.settings import PREFECT_API_URL
 
