@@ -90,14 +90,16 @@ def _shapes_table(scores: dict, path: Path) -> str:
     lines = [f"ShapesBench ({scores['bench']}), {path}: n={scores['n']}"
              + (f", {scores['votes']} votes at temperature {scores['temperature']}" if voted else ""),
              f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}"
-             + (f" {'pass@1':>7} {'majority':>9} {'headroom':>9} {'entropy':>8}" if voted else "")]
+             + (f" {'pass@1':>7} {'majority':>9} {'headroom':>9} {'vote wins':>9} {'greedy wins':>11} {'entropy':>8}"
+                if voted else "")]
     rows = [*scores["per_kind"].items(), ("overall", scores)]
     for kind, row in rows:
         line = (f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
                 f"{row['shuffled_image_accuracy']:>9.3f}")
         if voted:
             line += (f" {row['pass_at_1']:>7.3f} {row['majority_accuracy']:>9.3f} "
-                     f"{row['majority_accuracy'] - row['accuracy']:>+9.3f} {row['mean_entropy']:>8.3f}")
+                     f"{row['majority_accuracy'] - row['accuracy']:>+9.3f} {row['vote_wins']:>9.3f} "
+                     f"{row['greedy_wins']:>11.3f} {row['mean_entropy']:>8.3f}")
         lines.append(line)
     return "\n".join(lines)
 

@@ -44,6 +44,19 @@ def test_score_reports_headroom_per_kind():
     assert (count["accuracy"], count["majority_accuracy"], count["pass_at_1"]) == (1.0, 0.0, pytest.approx(1 / 3))
     assert exists["mean_entropy"] == 0.5 and count["mean_entropy"] == 1.0
     assert result["mean_entropy"] == pytest.approx(0.75)
+    # exists: greedy "no" is wrong, the vote "yes" right; count: greedy "2" right, the vote "1" wrong.
+    assert (exists["vote_wins"], exists["greedy_wins"], count["vote_wins"], count["greedy_wins"]) == (1.0, 0.0, 0.0, 1.0)
+    assert (result["vote_wins"], result["greedy_wins"]) == (0.5, 0.5)
+
+
+def test_vote_and_greedy_wins_by_hand():
+    samples = [["yes", "yes", "no"], ["2", "2", "1"], ["red", "blue", "blue"], ["3", "3", "3"]]
+    answers, greedy = ["yes", "1", "blue", "3"], ["no", "1", "blue", "3"]
+    out = bench.sampled_scores(samples, answers, answers_match, greedy=greedy)
+    # item 1: vote right, greedy wrong; item 2: greedy right, vote wrong; items 3 and 4: both right.
+    assert (out["vote_wins"], out["greedy_wins"]) == (0.25, 0.25)
+    assert out["vote_wins"] - out["greedy_wins"] == pytest.approx(out["majority_accuracy"] - 3 / 4)
+    assert "vote_wins" not in bench.sampled_scores(samples, answers, answers_match)
 
 
 def test_mean_token_entropy_by_hand():
@@ -83,7 +96,7 @@ def test_evaluate_shapes_with_votes_on_both_splits(tiny):
     result = evaluate_shapes(model, processor, limit=12, shuffled=False, votes=3, batch_size=24)
     assert result["n"] == 12 and result["votes"] == 3 and result["temperature"] == 1.0
     for row in [result, *result["per_kind"].values()]:
-        assert {"accuracy", "pass_at_1", "majority_accuracy", "mean_entropy"} <= row.keys()
+        assert {"accuracy", "pass_at_1", "majority_accuracy", "mean_entropy", "vote_wins", "greedy_wins"} <= row.keys()
         assert 0 <= row["pass_at_1"] <= 1 and 0 <= row["majority_accuracy"] <= 1 and row["mean_entropy"] >= 0
     validation = evaluate_shapes(model, processor, limit=12, shuffled=False, split="validation")
     assert validation["bench"] == f"{bench.VERSION}/validation" and "majority_accuracy" not in validation

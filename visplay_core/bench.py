@@ -97,7 +97,7 @@ def score(items, predictions: list[str | None], match, samples: list[list[str | 
     With ``samples`` (M sampled answers per item) and their ``entropies``, also ``pass_at_1`` (mean
     accuracy of single samples), ``majority_accuracy`` (accuracy of the majority vote of the M samples)
     and ``mean_entropy`` (mean token entropy of the samples): majority − greedy is the headroom that
-    majority-vote self-play can at most distill."""
+    majority-vote self-play can at most distill; ``vote_wins`` − ``greedy_wins`` makes it up."""
 
     def rows(idx: list[int]) -> dict:
         row = {
@@ -108,7 +108,8 @@ def score(items, predictions: list[str | None], match, samples: list[list[str | 
         }
         if samples is not None:
             row.update(sampled_scores([samples[j] for j in idx], [items[j].answer for j in idx], match,
-                                      [entropies[j] for j in idx] if entropies is not None else None))
+                                      [entropies[j] for j in idx] if entropies is not None else None,
+                                      greedy=[predictions[j] for j in idx]))
         return row
 
     result = rows(list(range(len(items))))
@@ -118,12 +119,22 @@ def score(items, predictions: list[str | None], match, samples: list[list[str | 
 
 
 def sampled_scores(samples: list[list[str | None]], answers: list[str], match,
-                   entropies: list[list[float]] | None = None) -> dict:
+                   entropies: list[list[float]] | None = None, greedy: list[str | None] | None = None) -> dict:
     """pass@1, majority-vote accuracy and (with ``entropies``) mean token entropy of M samples per question.
-    An unanswered sample is wrong and never wins the vote (``rewards.majority_vote``)."""
+    An unanswered sample is wrong and never wins the vote (``rewards.majority_vote``).
+
+    With the ``greedy`` answers, also where the two disagree in being right: ``vote_wins``, the share of
+    questions the vote gets right and greedy decoding wrong, and ``greedy_wins``, the reverse. Their
+    difference is the headroom; their sum says how often the vote changes the outcome at all (a base whose
+    vote flips many answers but wins only half of the flips samples noise, not independent looks)."""
     pass_at_1 = sum(sum(bool(match(a, t)) for a in s) / len(s) for s, t in zip(samples, answers)) / len(answers)
-    majority = sum(bool(match(majority_vote(s).label, t)) for s, t in zip(samples, answers)) / len(answers)
-    out = {"pass_at_1": pass_at_1, "majority_accuracy": majority, "votes": len(samples[0]) if samples else 0}
+    vote_right = [bool(match(majority_vote(s).label, t)) for s, t in zip(samples, answers)]
+    out = {"pass_at_1": pass_at_1, "majority_accuracy": sum(vote_right) / len(answers),
+           "votes": len(samples[0]) if samples else 0}
+    if greedy is not None:
+        greedy_right = [bool(match(g, t)) for g, t in zip(greedy, answers, strict=True)]
+        out["vote_wins"] = sum(v and not g for v, g in zip(vote_right, greedy_right)) / len(answers)
+        out["greedy_wins"] = sum(g and not v for v, g in zip(vote_right, greedy_right)) / len(answers)
     if entropies is not None:
         flat = [e for per_item in entropies for e in per_item]
         out["mean_entropy"] = sum(flat) / len(flat)
