@@ -69,6 +69,7 @@ class OracleScorer(ConfidenceScorer):
                  error_rate: float, seed: int):
         self.scene_of = {pixel_key(images[i]): scenes[i] for i in images}
         self.m, self.error_rate, self.rng = m, error_rate, random.Random(seed)
+        self.unanswerable_vote_share = UNANSWERABLE_VOTE_SHARE  # never reached: the oracle does not say "none"
 
     def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
         return [None if q is None else majority_vote(self._samples(self.scene_of[pixel_key(image)], q))
