@@ -208,15 +208,19 @@ def cmd_run(args) -> int:
 def cmd_advance(args) -> int:
     if args.iterations < 1:
         raise SystemExit(f"visplay advance: --iterations must be at least 1 (got {args.iterations})")
+    from visplay_core.config import ConfigError, load_config, preset_names
+
+    try:
+        load_config(args.config, args.set)  # a bad configuration stops here, before any server or flow run
+    except ConfigError as e:
+        raise SystemExit(f"visplay advance: {e}")
     ready = _connect(args.home)
     from flows.deploy import visplay_nightly
     from flows.self_evolution import LineError
     from tasks.tracking import RunInProgressError
-    from visplay_core.config import ConfigError, load_config, preset_names
 
     ready()
     try:
-        load_config(args.config, args.set)  # a bad configuration stops here, before any flow run
         source = {"preset": args.config} if args.config in preset_names() else {"config_path": args.config}
         visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home, **source)
     except (ConfigError, LineError, RunInProgressError) as e:

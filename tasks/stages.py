@@ -213,7 +213,8 @@ def confidence_scoring(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoin
         # GRPO learns only from groups whose rewards differ: train on those images (all when none do).
         informative = [i for i in images.ids if len(set(by_image.get(i, []))) > 1] or list(images.ids)
         write_json(out / "grpo_images.json", informative)
-        return {**_question_metrics(rows, cfg.method.unanswerable_vote_share), "mean_reward": mean(rewards), "informative_images": len(informative)}
+        return {**_question_metrics(rows, cfg.method.unanswerable_vote_share), "mean_reward": mean(rewards),
+                "informative_images": len(informative)}
 
     return _stage(ctx, k, run_id, "confidence_scoring", {"reasoner": reasoner.key, "rollout": rollout.key},
                   params, compute)

@@ -47,8 +47,8 @@ class MethodConfig(BaseModel):
     tau_low: float = Field(0.25, description="lowest confidence a curated question may have")
     tau_high: float = Field(0.75, description="highest confidence a curated question may have")
     unanswerable_vote_share: float = Field(
-        UNANSWERABLE_VOTE_SHARE, gt=0, le=1, description="a question is invalid when at least this share of the Reasoner's m answers "
-        "say it does not apply ('none'); 0.5: when they are the majority")
+        UNANSWERABLE_VOTE_SHARE, gt=0, le=1, description="a question is invalid when at least this share of the "
+        "Reasoner's m answers say it does not apply ('none'); 0.5: when they are the majority")
     max_label_share: float | None = Field(
         None, gt=0, le=1, description="curation keeps at most this share of one pseudo-label among the curated "
         "questions of a kind (label-free: reads only pseudo-labels); unset: no cap")
