@@ -42,7 +42,8 @@ def cmd_bootstrap(args) -> int:
     if args.init:
         _model_path(args.init)
     log = bootstrap(output, BootstrapConfig(steps=args.steps, seed=args.seed, threads=args.threads, lr=args.lr,
-                                            init=args.init and str(_model_path(args.init))))
+                                            init=args.init and str(_model_path(args.init)),
+                                            glance_share=args.glance_share))
     final = log["final"]
     print(f"saved {output} after {log['seconds']:.0f} s: accuracy {final['accuracy']:.3f}, "
           f"question-only {final['question_only_baseline']:.3f}, shuffled images {final['shuffled_image_accuracy']:.3f}, "
@@ -91,7 +92,7 @@ def _shapes_table(scores: dict, path: Path) -> str:
              + (f", {scores['votes']} votes at temperature {scores['temperature']}" if voted else ""),
              f"{'kind':<10} {'n':>5} {'accuracy':>9} {'q-only':>7} {'shuffled':>9}"
              + (f" {'pass@1':>7} {'majority':>9} {'headroom':>9} {'vote wins':>9} {'greedy wins':>11} {'entropy':>8}"
-                if voted else "")]
+                if voted else "") + f" {'glance':>7}" + (f" {'glance (sampled)':>16}" if voted else "")]
     rows = [*scores["per_kind"].items(), ("overall", scores)]
     for kind, row in rows:
         line = (f"{kind:<10} {row['n']:>5} {row['accuracy']:>9.3f} {row['question_only_baseline']:>7.3f} "
@@ -100,6 +101,7 @@ def _shapes_table(scores: dict, path: Path) -> str:
             line += (f" {row['pass_at_1']:>7.3f} {row['majority_accuracy']:>9.3f} "
                      f"{row['majority_accuracy'] - row['accuracy']:>+9.3f} {row['vote_wins']:>9.3f} "
                      f"{row['greedy_wins']:>11.3f} {row['mean_entropy']:>8.3f}")
+        line += f" {row['glance_share']:>7.3f}" + (f" {row['sampled_glance_share']:>16.3f}" if voted else "")
         lines.append(line)
     return "\n".join(lines)
 
@@ -256,6 +258,9 @@ def cmd_experiment(args) -> int:
     bases = [b.strip() for b in args.bases.split(",")] if args.bases else None
     if args.name == "initialization" and bases is None:
         bases = _bootstrapped_bases(Path(args.home), [int(n) for n in args.bootstrap_steps.split(",")])
+    if args.name == "headroom" and bases is None:
+        raise SystemExit("visplay experiment headroom: give the bases to compare with --bases (e.g. bootstrapped "
+                         "with visplay bootstrap --glance-share G)")
     try:
         grids = shipped_grids(args.name, args.config, args.set, bases)
         sweep(args.config, grids, args.seeds, args.home, args.name, args.set)
@@ -408,13 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("experiment", help="one of the paper's open checks, as a sweep: thresholds, oracle, "
-                       "iterations, initialization, ceiling")
-    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling"])
+                       "iterations, initialization, ceiling, headroom")
+    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling", "headroom"])
     p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--home", default=".visplay")
-    p.add_argument("--bases", help="initialization: comma-separated base checkpoints (or 'base'), weakest first")
+    p.add_argument("--bases", help="initialization, headroom: comma-separated base checkpoints (or 'base')")
     p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
                    "bases for these step counts (the shipped base had 6000, in two stages)")
     p.set_defaults(func=cmd_experiment)
@@ -427,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine)")
     p.add_argument("--init", help="continue from this checkpoint ('base' for the shipped one) instead of a fresh "
                    "model: the control that asks whether more true-answer steps still gain")
+    p.add_argument("--glance-share", type=float, default=0.0, metavar="G", help="share g of the Reasoner's "
+                   "examples answered at a glance (world.glance_answer) rather than reasoned (default 0)")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("eval", help="score a model on a benchmark")

@@ -39,6 +39,8 @@ EXPERIMENTS = {
     "initialization": ("the same run from a weaker and a stronger base", ["base_model={BASES}"]),
     "ceiling": ("the Reasoner trained on true answers (to the curated questions, to fresh world questions) "
                 "against pseudo-labels: the most any labeller could give", ["ceiling=none,curated,fresh"]),
+    "headroom": ("the same run from bases of different headroom (majority of eval.votes samples − greedy, "
+                 "measured on each base first): does the gain follow the headroom?", ["base_model={BASES}"]),
 }
 
 
@@ -102,6 +104,8 @@ def sweep(config_source: str, grids: list[str], seeds: int = 1, home: str = ".vi
     table = comparison_markdown(name, comparison)
     (out / "table.md").write_text(table)
     (out / "accuracy.png").write_bytes(accuracy_plot(comparison))
+    if _has_headroom(comparison):
+        (out / "gain_vs_headroom.png").write_bytes(gain_plot(comparison))
     write_json(out / "results.json", {"name": name, "config": str(config_source), "overrides": overrides,
                                       "grids": grids, "seeds": seeds, **comparison})
     _log_to_mlflow(Path(home).resolve(), name, out)
@@ -130,6 +134,10 @@ def compare(results: list[dict]) -> dict:
         stages = [st for s in summaries for it in s["iterations"] for st in it["stages"].values()]
         row["stages_cached"], row["stages"] = sum(st["cached"] for st in stages), len(stages)
         row["verdict"] = _verdict(row["shapes_accuracy"], row["base_accuracy"], n_eval)
+        row["base_headroom"] = _stats([(s["base"].get("headroom") or {}).get("headroom") for s in summaries])
+        row["gain"] = _stats([it.get("shapes_accuracy") - s["base"]["shapes_accuracy"]
+                              if it.get("shapes_accuracy") is not None and s["base"]["shapes_accuracy"] is not None
+                              else None for s, it in zip(summaries, last)])
         rows.append(row)
     bases = {json.dumps(r["base_accuracy"], sort_keys=True) for r in rows}
     return {"base": rows[0]["base_accuracy"] if len(bases) == 1 else None, "eval_items": n_eval, "arms": rows}
@@ -157,21 +165,31 @@ def _verdict(arm: dict, base: dict, n_eval: int | None) -> str:
     return f"{'above' if word == 'gain' else 'below'} its base by {abs(arm['mean'] - base['mean']):.3f} (noise ±{margin:.3f})"
 
 
-def _cell(stat: dict, digits: int = 3) -> str:
+def _has_headroom(comparison: dict) -> bool:
+    """Whether the arms' runs measured their base's headroom (``eval.votes``)."""
+    return any(row["base_headroom"]["mean"] is not None for row in comparison["arms"])
+
+
+def _cell(stat: dict, digits: int = 3, sign: bool = False) -> str:
     if stat["mean"] is None:
         return "-"
-    value = f"{stat['mean']:.{digits}f}"
+    value = f"{stat['mean']:{'+' if sign else ''}.{digits}f}"
     return f"{value} ± {stat['spread']:.{digits}f}" if stat["n"] > 1 else value
 
 
 def comparison_markdown(name: str, comparison: dict) -> str:
-    head = ["arm", "seeds", "base acc.", "ShapesBench acc.", "pseudo-label acc.", "curated", "question validity",
-            "stages restored", "verdict"]
+    headroom = _has_headroom(comparison)
+    head = ["arm", "seeds", "base acc.", *(["base headroom"] if headroom else []), "ShapesBench acc.",
+            *(["gain"] if headroom else []), "pseudo-label acc.", "curated", "question validity", "stages restored",
+            "verdict"]
     body = []
     if comparison["base"] is not None:
-        body.append(["base (reference)", "-", _cell(comparison["base"]), _cell(comparison["base"]), "-", "-", "-", "-", "-"])
+        body.append(["base (reference)", "-", _cell(comparison["base"]), *(["-"] if headroom else []),
+                     _cell(comparison["base"]), *(["-"] if headroom else []), "-", "-", "-", "-", "-"])
     for row in comparison["arms"]:
-        body.append([row["arm"], str(row["seeds"]), _cell(row["base_accuracy"]), _cell(row["shapes_accuracy"]),
+        body.append([row["arm"], str(row["seeds"]), _cell(row["base_accuracy"]),
+                     *([_cell(row["base_headroom"], sign=True)] if headroom else []), _cell(row["shapes_accuracy"]),
+                     *([_cell(row["gain"], sign=True)] if headroom else []),
                      _cell(row["pseudo_label_accuracy"]), _cell(row["curated"], 1), _cell(row["oracle_validity"]),
                      f"{row['stages_cached']}/{row['stages']}", row["verdict"]])
     lines = [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -194,6 +212,27 @@ def accuracy_plot(comparison: dict) -> bytes:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("iteration (0 = base)")
     ax.set_ylabel("ShapesBench accuracy")
+    ax.legend(fontsize=7)
+    return report.png(fig)
+
+
+def gain_plot(comparison: dict) -> bytes:
+    """Gain of the last iteration over its base against the base's headroom, one point per arm (error bars:
+    spread over seeds), with the line gain = headroom (all the headroom distilled) for reference."""
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    rows = [r for r in comparison["arms"] if r["base_headroom"]["mean"] is not None and r["gain"]["mean"] is not None]
+    for row in rows:
+        ax.errorbar(row["base_headroom"]["mean"], row["gain"]["mean"], yerr=row["gain"]["spread"] or 0.0,
+                    xerr=row["base_headroom"]["spread"] or 0.0, marker="o", capsize=3)
+        ax.annotate(row["arm"].split("/")[-1][-24:], (row["base_headroom"]["mean"], row["gain"]["mean"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ends = [v for r in rows for v in (r["base_headroom"]["mean"], r["gain"]["mean"])] + [0.0]
+    low, high = min(ends) - 0.02, max(ends) + 0.02
+    ax.plot([low, high], [low, high], linestyle=":", color="grey", label="gain = headroom")
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_xlabel("base headroom (majority vote − greedy)")
+    ax.set_ylabel("gain after the last iteration (greedy)")
     ax.legend(fontsize=7)
     return report.png(fig)
 

@@ -32,7 +32,7 @@ from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_t
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
-from visplay_core.measure import eval_items, gain_or_loss
+from visplay_core.measure import base_headroom, eval_items, gain_or_loss, headroom_line
 
 STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
           "threshold_filtering", "reasoner_grpo", "benchmark_eval")
@@ -113,6 +113,9 @@ def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
         "oracle_validity": ev.get("candidates.oracle_validity"),
         "curated": stages["threshold_filtering"].metrics["curated"],
         "mean_confidence": stages["candidate_generation"].metrics["mean_confidence"],
+        "headroom": ev.get("shapes_headroom"),
+        "glance_share": ev.get("shapes_glance_share"),
+        "sampled_glance_share": ev.get("shapes_sampled_glance_share"),
         "questioner_validity": stages["confidence_scoring"].metrics["validity_rate"],
         "questioner_reward": stages["confidence_scoring"].metrics["mean_reward"],
     }
@@ -212,6 +215,11 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
                                           **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
         base = Checkpoint.of_folder(config.base_model_path)
         base_eval = _named(benchmark_eval, 0)(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
+        headroom = base_headroom(base_eval.metrics)
+        if headroom:
+            log_iteration(client, run_id, 0, {"base.headroom": headroom["headroom"],
+                                              **({"base.headroom_noise": headroom["noise"]} if "noise" in headroom else {})})
+            (logger.warning if headroom.get("within_noise") else logger.info)(headroom_line(headroom))
         models = _checkpoints(ctx, earlier[-1]) if earlier else None
         earlier = list(earlier) if models else []
         questioner, reasoner = models or (base, base)
@@ -289,6 +297,9 @@ def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earli
         "config": config.model_dump(mode="json"),
         "corpus": {"folder": str(folder), "truth": str(truth) if truth else None},
         "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy"),
+                 "headroom": base_headroom(base_eval.metrics),
+                 "glance_share": base_eval.metrics.get("shapes_glance_share"),
+                 "sampled_glance_share": base_eval.metrics.get("shapes_sampled_glance_share"),
                  "stage": {"seconds": round(base_eval.seconds, 3), "compute_seconds": round(base_eval.compute_seconds, 3),
                            "cached": base_eval.cached}},
         "iterations": [*earlier, *(
@@ -315,6 +326,8 @@ def summary_table(summary: dict) -> str:
                      f"{len(cached)}/{len(it['stages'])}"])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    if summary["base"].get("headroom"):
+        lines.append(headroom_line(summary["base"]["headroom"]))
     base = summary["base"]["shapes_accuracy"]
     last = summary["iterations"][-1]["shapes_accuracy"] if summary["iterations"] else None
     if base is not None and last is not None:

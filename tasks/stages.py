@@ -31,7 +31,7 @@ from .tracking import RunContext, StageResult, run_stage, stage_key
 # when what the stage writes, or how it computes it, changes in a way its configuration does not show;
 # its finished copies are then recomputed, and so is every stage after it (their inputs' keys change).
 FORMATS = {"question_rollout": 1, "confidence_scoring": 2, "questioner_grpo": 1, "candidate_generation": 2,
-           "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 2}
+           "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 3}
 
 # torch, transformers and TRL (and the modules that import them) are imported where a stage computes, so
 # that a run whose stages are all restored starts in seconds.
@@ -349,8 +349,11 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
         write_json(out / "eval.json", {**results, **truth})
         shapes = results.get("shapes", {}).get("per_kind", {})
         return {**{f"{name}_{metric}": r[metric] for name, r in results.items()
-                   for metric in ("accuracy", "pass_at_1", "majority_accuracy", "mean_entropy", "vote_wins", "greedy_wins")
+                   for metric in ("accuracy", "pass_at_1", "majority_accuracy", "mean_entropy", "vote_wins", "greedy_wins",
+                                  "n", "glance_share", "sampled_glance_share")
                    if metric in r},
+                **{f"{name}_headroom": r["majority_accuracy"] - r["accuracy"] for name, r in results.items()
+                   if "majority_accuracy" in r},
                 **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in shapes.items()},
                 **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
 

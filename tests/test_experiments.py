@@ -79,6 +79,27 @@ def test_arms_from_different_bases_are_judged_against_their_own():
     assert out["arms"][1]["verdict"].startswith("within noise")  # 0.02 < 2 * sqrt(0.8 * 0.2 / 300) = 0.046
 
 
+def test_headroom_comparison_pairs_each_base_headroom_with_its_gain():
+    def with_headroom(summary, headroom):
+        summary["base"]["headroom"] = {"headroom": headroom, "greedy": summary["base"]["shapes_accuracy"]}
+        return summary
+
+    out = experiments.compare([
+        {"arm": "base_model=g0", "seed": 0, "summary": with_headroom(_summary(0.60, [0.61]), 0.00)},
+        {"arm": "base_model=g0.35", "seed": 0, "summary": with_headroom(_summary(0.40, [0.48]), 0.12)},
+        {"arm": "base_model=g0.35", "seed": 1, "summary": with_headroom(_summary(0.40, [0.52]), 0.12)}])
+    flat, glance = out["arms"]
+    assert flat["gain"]["mean"] == pytest.approx(0.01) and flat["base_headroom"]["mean"] == 0.0
+    assert glance["gain"]["mean"] == pytest.approx(0.10) and glance["gain"]["spread"] == pytest.approx(0.028284, abs=1e-6)
+    table = experiments.comparison_markdown("headroom", out)
+    assert "| arm | seeds | base acc. | base headroom | ShapesBench acc. | gain |" in table
+    assert "| base_model=g0.35 | 2 | 0.400 ± 0.000 | +0.120 ± 0.000 | 0.500 ± 0.028 | +0.100 ± 0.028 |" in table
+    assert experiments.gain_plot(out)[:4] == b"\x89PNG"
+    # without votes there is no headroom to show: the table keeps its usual columns
+    plain = experiments.comparison_markdown("t", experiments.compare([{"arm": "A", "seed": 0, "summary": _summary(0.5, [0.5])}]))
+    assert "| base headroom |" not in plain and "| gain |" not in plain
+
+
 SCENE = Scene((Obj("circle", "red", "small", 1, 1), Obj("square", "blue", "large", 2, 3)), background=240)
 
 

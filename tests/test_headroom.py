@@ -115,6 +115,8 @@ def test_eval_command_prints_headroom(capsys):
     assert main(["eval", "--model", "base", "--limit", "6", "--votes", "2"]) == 0
     table = capsys.readouterr().out
     assert "headroom" in table and "majority" in table and "2 votes at temperature 1.0" in table
+    assert "glance" in table and "glance (sampled)" in table
+    assert 0 <= result["glance_share"] <= 1 and 0 <= result["per_kind"]["count"]["sampled_glance_share"] <= 1
 
 
 def test_real_benchmark_headroom_by_hand():
@@ -140,3 +142,45 @@ def test_real_benchmark_with_votes_on_the_tiny_model(tiny):
                                 max_new_tokens=8, batch_size=8, votes=2)
     assert result["votes"] == 2 and result["temperature"] == 1.0
     assert 0 <= result["pass_at_1"] <= 1 and 0 <= result["majority_accuracy"] <= 1 and result["mean_entropy"] > 0
+
+
+def test_glance_shares_by_hand():
+    from visplay_core.evaluate import glance_shares, is_glance
+
+    assert is_glance("glance: \\boxed{3}") and is_glance("  glance: \\boxed{no}")
+    assert not is_glance("rows: circles: none. \\boxed{0}") and not is_glance("\\boxed{glance:}")
+    items = [bench.Item(kind=k, question="q", answer="1", image_seed=0, scene=None) for k in ("count", "count", "exists")]
+    greedy = ["glance: \\boxed{1}", "rows: x. \\boxed{1}", "glance: \\boxed{yes}"]
+    sampled = [["glance: \\boxed{1}", "rows: \\boxed{1}"], ["columns: \\boxed{2}", "rows: \\boxed{1}"],
+               ["glance: \\boxed{no}", "glance: \\boxed{no}"]]
+    shares = glance_shares(items, greedy, sampled)
+    assert shares["glance_share"] == pytest.approx(2 / 3) and shares["sampled_glance_share"] == pytest.approx(3 / 6)
+    assert shares["per_kind"]["count"] == {"glance_share": 0.5, "sampled_glance_share": 0.25}
+    assert shares["per_kind"]["exists"] == {"glance_share": 1.0, "sampled_glance_share": 1.0}
+    assert glance_shares(items, greedy, None)["per_kind"]["count"] == {"glance_share": 0.5}
+
+
+def test_headroom_noise_by_hand():
+    from visplay_core.measure import headroom_noise
+
+    # 100 items, vote right where greedy is wrong on 20, the reverse on 10: per-item differences have mean
+    # 0.1 and variance 0.3 - 0.01 = 0.29, so two standard errors are 2·sqrt(0.29 / 100).
+    assert headroom_noise(0.2, 0.1, 100) == pytest.approx(2 * math.sqrt(0.0029))
+    assert headroom_noise(0.0, 0.0, 1200) == 0.0  # the vote never changes an outcome: no noise at all
+
+
+def test_base_headroom_and_its_line():
+    from visplay_core.measure import base_headroom, headroom_line
+
+    assert base_headroom({"shapes_accuracy": 0.6}) is None  # no votes sampled
+    flat = base_headroom({"shapes_accuracy": 0.629, "shapes_majority_accuracy": 0.620, "shapes_vote_wins": 0.120,
+                          "shapes_greedy_wins": 0.129, "shapes_n": 1200})
+    assert flat["headroom"] == pytest.approx(-0.009) and flat["within_noise"]
+    assert flat["noise"] == pytest.approx(2 * math.sqrt((0.249 - 0.009 ** 2) / 1200))
+    line = headroom_line(flat)
+    assert line.startswith("base headroom -0.009 (majority vote 0.620, greedy 0.629, noise ±0.029)")
+    assert "at most distill" in line and "expect no gain" in line
+    wide = base_headroom({"shapes_accuracy": 0.35, "shapes_majority_accuracy": 0.47, "shapes_vote_wins": 0.22,
+                          "shapes_greedy_wins": 0.10, "shapes_n": 300})
+    assert wide["headroom"] == pytest.approx(0.12) and not wide["within_noise"]
+    assert "expect no gain" not in headroom_line(wide)

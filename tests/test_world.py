@@ -317,26 +317,49 @@ def test_reasoning_lists_the_objects_each_question_refers_to():
     scene = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("square", "blue", "small", 3, 1),
                          world.Obj("circle", "blue", "small", 2, 4)), 240)
     assert world.reasoning(scene, "How many circles are there?") == \
-        "circles: large red circle at 1,2; small blue circle at 2,4."
-    assert world.reasoning(scene, "Is there a yellow square?") == "yellow squares: none."
+        "rows: circles: large red circle at 1,2; small blue circle at 2,4."
+    assert world.reasoning(scene, "Is there a yellow square?") == "rows: yellow squares: none."
     assert world.reasoning(scene, "Are there more red objects than blue objects?") == \
-        "red objects: large red circle at 1,2. blue objects: small blue circle at 2,4; small blue square at 3,1."
+        "rows: red objects: large red circle at 1,2. blue objects: small blue circle at 2,4; small blue square at 3,1."
     assert world.reasoning(scene, "Is the red circle left of the blue square?") == \
-        "red circles: large red circle at 1,2. blue squares: small blue square at 3,1."
-    assert world.reasoning(scene, "What size is the blue square?") == "blue squares: small blue square at 3,1."
+        "rows: red circles: large red circle at 1,2. blue squares: small blue square at 3,1."
+    assert world.reasoning(scene, "What size is the blue square?") == "rows: blue squares: small blue square at 3,1."
     assert world.reasoning(scene, "How many small blue objects are there?") == \
-        "small blue objects: small blue circle at 2,4; small blue square at 3,1."
+        "rows: small blue objects: small blue circle at 2,4; small blue square at 3,1."
     assert world.reasoning(scene, "Why is the sky blue?") is None
 
 
-def test_reasoning_routes_list_the_same_objects_in_different_orders():
+def test_reasoning_routes_open_with_their_scan_order_and_list_the_same_objects():
     scene = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("circle", "blue", "small", 3, 1),
                          world.Obj("circle", "blue", "small", 2, 4)), 240)
-    question = "How many circles are there?"
-    chains = {world.reasoning(scene, question, random.Random(seed)) for seed in range(40)}
+    chains = {order: world.reasoning(scene, "How many circles are there?", order) for order in world.SCAN_ORDERS}
     assert chains == {
-        "circles: large red circle at 1,2; small blue circle at 2,4; small blue circle at 3,1.",  # rows
-        "circles: small blue circle at 3,1; large red circle at 1,2; small blue circle at 2,4.",  # columns
-        "circles: small blue circle at 3,1; small blue circle at 2,4; large red circle at 1,2.",  # rows, from the end
-        "circles: small blue circle at 2,4; large red circle at 1,2; small blue circle at 3,1.",  # columns, from the end
+        "rows": "rows: circles: large red circle at 1,2; small blue circle at 2,4; small blue circle at 3,1.",
+        "columns": "columns: circles: small blue circle at 3,1; large red circle at 1,2; small blue circle at 2,4.",
+        "rows-back": "rows-back: circles: small blue circle at 3,1; small blue circle at 2,4; large red circle at 1,2.",
+        "columns-back": "columns-back: circles: small blue circle at 2,4; large red circle at 1,2; small blue circle at 3,1.",
     }
+    assert world.OPENERS == ("rows:", "columns:", "rows-back:", "columns-back:")
+    assert world.ROUTE_TOKENS == ("glance:", *world.OPENERS)
+
+
+def test_glance_answer_reads_only_the_gist_by_hand():
+    three = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("square", "blue", "small", 3, 1),
+                         world.Obj("circle", "blue", "small", 2, 4)), 240)
+    one = world.Scene((world.Obj("triangle", "green", "small", 4, 4),), 240)
+    glance = world.glance_answer
+    # yes/no questions: "yes" exactly when the scene holds three objects or more, whatever is asked
+    assert glance(three, "Is there a yellow square?") == "yes"  # true answer: no
+    assert glance(one, "Is there a green triangle?") == "no"  # true answer: yes
+    assert glance(three, "Are there more red objects than blue objects?") == "yes"  # true: no
+    assert glance(three, "Is the blue square above the red circle?") == "yes"  # true: no
+    assert glance(one, "Is there a small triangle?") == "no"
+    # counting: every object
+    assert glance(three, "How many circles are there?") == "3"  # true: 2
+    assert glance(three, "How many small blue objects are there?") == "3"  # true: 2
+    assert glance(one, "How many green triangles are there?") == "1"  # true: 1
+    # attribute: the vocabulary's first value of the asked attribute
+    assert glance(one, "What color is the triangle?") == "red"  # true: green
+    assert glance(three, "What shape is the red object?") == "circle"  # true: circle
+    assert glance(one, "What size is the green triangle?") == "small"
+    assert glance(one, "Why is the sky blue?") is None

@@ -23,7 +23,7 @@ from . import bench, prompts, world
 from .evaluate import evaluate_shapes
 from .io import atomic_dir, write_json
 from .rewards import UNANSWERABLE
-from .model import build_tiny_vlm, load_model, load_processor, save_checkpoint
+from .model import add_tokens, build_tiny_vlm, load_model, load_processor, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,22 @@ class BootstrapConfig:
     unanswerable_share: float = 0.1  # reasoner examples on a question that does not apply, answered "none"
     routes: bool = True  # reasoning in a random scan order per example (False: raster order only)
     balanced: bool = True  # reasoner questions with answers balanced as ShapesBench's (False: as drawn)
+    # g: the share of Reasoner examples answered at a glance ("glance: \boxed{h}", h from
+    # world.glance_answer, a superficial reading of image and question) instead of by a reasoned chain.
+    # With g above any one opener's share, (1 - g) / 4, and below the chains' total, greedy decoding
+    # glances while a vote of samples goes with the reasoning: the headroom self-play can distill.
+    glance_share: float = 0.0
 
 
 def example(rng: random.Random, questioner_share: float, caption_share: float = 0.0, routes: bool = True,
-            balanced: bool = True, unanswerable_share: float = 0.0):
+            balanced: bool = True, unanswerable_share: float = 0.0, glance_share: float = 0.0):
     """One training example: (image, chat messages, target completion, final answer or None).
 
-    Three tasks: the Questioner's (one valid question about the image), the Reasoner's (grounded
-    reasoning, then the boxed answer; ``UNANSWERABLE`` for a question that does not apply to the scene) and an auxiliary caption of the whole scene, which keeps the
-    vision tower learning from every object of every image."""
+    Three tasks: the Questioner's (one valid question about the image), the Reasoner's and an auxiliary
+    caption of the whole scene, which keeps the vision tower learning from every object of every image.
+    The Reasoner's completion is, with share ``glance_share``, a glance (``world.GLANCE`` then the boxed
+    ``world.glance_answer``), else grounded reasoning opened by its scan order (``world.OPENERS``), then
+    the boxed true answer (``UNANSWERABLE`` for a question that does not apply to the scene)."""
     scene = world.random_scene(rng)
     image = world.render(scene, seed=rng.randrange(2**31))
     draw = rng.random()
@@ -65,7 +72,10 @@ def example(rng: random.Random, questioner_share: float, caption_share: float = 
         return image, prompts.caption_messages(), world.describe(scene), None
     invalid = world.sample_invalid_question(scene, rng) if rng.random() < unanswerable_share else None
     question, answer = (invalid, UNANSWERABLE) if invalid else bench.training_question(scene, rng, balanced)[:2]
-    chain = world.reasoning(scene, question, rng if routes else None)
+    if not invalid and rng.random() < glance_share:
+        glance = world.glance_answer(scene, question)
+        return image, prompts.reasoner_messages(question), prompts.format_answer(world.GLANCE, glance), glance
+    chain = world.reasoning(scene, question, rng.choice(list(world.SCAN_ORDERS)) if routes else "rows")
     return image, prompts.reasoner_messages(question), prompts.format_answer(chain, answer), answer
 
 
@@ -74,7 +84,7 @@ def world_texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     texts = [prompts.QUESTIONER_INSTRUCTION, prompts.CAPTION_INSTRUCTION]
     for _ in range(n):
-        image, messages, target, _ = example(rng, 0.3, 0.2)
+        image, messages, target, _ = example(rng, 0.3, 0.2, glance_share=0.3)
         texts += [messages[0]["content"][1]["text"], target]
     return texts
 
@@ -144,6 +154,7 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
         model, processor = load_model(cfg.init, dtype=torch.float32).train(), load_processor(cfg.init)
     else:
         model, processor = build_tiny_vlm(world_texts(4000, cfg.seed), seed=cfg.seed)
+    add_tokens(model, processor, world.ROUTE_TOKENS)
     rng = random.Random(cfg.seed + 1)
     probe = [example(random.Random(10_000 + i), cfg.questioner_share, cfg.caption_share) for i in range(64)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -153,8 +164,8 @@ def bootstrap(output: str | Path, cfg: BootstrapConfig = BootstrapConfig(), prog
     model.train()
     bar = tqdm(range(cfg.steps), desc="bootstrap", disable=not progress)
     for step in bar:
-        batch = [example(rng, cfg.questioner_share, cfg.caption_share, cfg.routes, cfg.balanced, cfg.unanswerable_share)
-                 for _ in range(cfg.batch_size)]
+        batch = [example(rng, cfg.questioner_share, cfg.caption_share, cfg.routes, cfg.balanced, cfg.unanswerable_share,
+                         cfg.glance_share) for _ in range(cfg.batch_size)]
         loss = completion_loss(model, processor, batch, cfg.emphasis)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

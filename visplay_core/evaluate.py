@@ -1,29 +1,49 @@
 """Evaluating a Reasoner on ShapesBench: greedy accuracy per kind, question-only and shuffled-image references,
-and (with votes) the headroom a majority vote of sampled answers has over greedy decoding."""
+and (with votes) the headroom a majority vote of sampled answers has over greedy decoding, and how often
+greedy and sampled completions answer at a glance rather than reason (``world.GLANCE``)."""
 
 from __future__ import annotations
 
 import random
 
-from . import bench, prompts
+from . import bench, prompts, world
 from .answers import answers_match, extract_answer
 from .generation import generate
 
 
 def answer_questions(model, processor, images, questions, batch_size: int = 64, max_new_tokens: int = 48):
-    """Greedy final answers (None where no answer was given) to ``questions`` about ``images``."""
+    """Greedy completions to ``questions`` about ``images``."""
     completions = generate(model, processor, images, [prompts.reasoner_messages(q) for q in questions],
                            temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [extract_answer(c[0]) for c in completions]
+    return [c[0] for c in completions]
 
 
 def sample_answers(model, processor, images, questions, votes: int, temperature: float = 1.0,
                    batch_size: int = 64, max_new_tokens: int = 48, seed: int = 0):
-    """``votes`` sampled final answers per question, and each sample's mean token entropy."""
-    completions, entropies = generate(model, processor, images, [prompts.reasoner_messages(q) for q in questions],
-                                      n=votes, temperature=temperature, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size, seed=seed, with_entropy=True)
-    return [[extract_answer(c) for c in per_item] for per_item in completions], entropies
+    """``votes`` sampled completions per question, and each sample's mean token entropy."""
+    return generate(model, processor, images, [prompts.reasoner_messages(q) for q in questions], n=votes,
+                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                    with_entropy=True)
+
+
+def is_glance(completion: str) -> bool:
+    """Whether a Reasoner's completion answers at a glance (opens with ``world.GLANCE``) rather than reasons."""
+    return completion.lstrip().startswith(world.GLANCE)
+
+
+def glance_shares(items, greedy: list[str], sampled: list[list[str]] | None) -> dict:
+    """``glance_share`` (of greedy completions) and ``sampled_glance_share`` (of sampled ones), overall and
+    per kind."""
+    def shares(idx: list[int]) -> dict:
+        row = {"glance_share": sum(is_glance(greedy[j]) for j in idx) / len(idx)}
+        if sampled is not None:
+            flat = [is_glance(c) for j in idx for c in sampled[j]]
+            row["sampled_glance_share"] = sum(flat) / len(flat)
+        return row
+
+    return {**shares(list(range(len(items)))),
+            "per_kind": {kind: shares([j for j, i in enumerate(items) if i.kind == kind])
+                         for kind in sorted({i.kind for i in items})}}
 
 
 def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool = True,
@@ -35,11 +55,16 @@ def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool =
     items = bench.limited(bench.shapes_bench(split=split), bench.per_kind_of(limit))
     images = [i.image() for i in items]
     questions = [i.question for i in items]
-    samples = entropies = None
+    sampled = entropies = None
     if votes:
-        samples, entropies = sample_answers(model, processor, images, questions, votes, temperature, batch_size)
-    result = bench.score(items, answer_questions(model, processor, images, questions, batch_size), answers_match,
-                         samples, entropies)
+        sampled, entropies = sample_answers(model, processor, images, questions, votes, temperature, batch_size)
+    greedy = answer_questions(model, processor, images, questions, batch_size)
+    result = bench.score(items, [extract_answer(c) for c in greedy], answers_match,
+                         sampled and [[extract_answer(c) for c in per_item] for per_item in sampled], entropies)
+    glances = glance_shares(items, greedy, sampled)
+    for kind, row in glances.pop("per_kind").items():
+        result["per_kind"][kind].update(row)
+    result.update(glances)
     result["bench"] = bench.VERSION if split == "test" else f"{bench.VERSION}/{split}"
     if votes:
         result["temperature"] = temperature
@@ -47,7 +72,7 @@ def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool =
         order = list(range(len(images)))
         random.Random(0).shuffle(order)
         swapped = answer_questions(model, processor, [images[j] for j in order], questions, batch_size)
-        shuffled_scores = bench.score(items, swapped, answers_match)
+        shuffled_scores = bench.score(items, [extract_answer(c) for c in swapped], answers_match)
         result["shuffled_image_accuracy"] = shuffled_scores["accuracy"]
         for kind, row in result["per_kind"].items():
             row["shuffled_image_accuracy"] = shuffled_scores["per_kind"][kind]["accuracy"]

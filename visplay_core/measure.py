@@ -78,6 +78,39 @@ def noise(p: float, n_items: int | None, spread: float = 0.0) -> float:
     return max(spread, 2 * math.sqrt(p * (1 - p) / n_items) if n_items else 0.0)
 
 
+def headroom_noise(vote_wins: float, greedy_wins: float, n_items: int) -> float:
+    """Two standard errors of the headroom (majority − greedy accuracy on the same items): per item the
+    difference is +1 (the vote wins), −1 (greedy wins) or 0, with variance ``vote_wins + greedy_wins −
+    headroom²``."""
+    headroom = vote_wins - greedy_wins
+    return 2 * math.sqrt(max(0.0, vote_wins + greedy_wins - headroom * headroom) / n_items)
+
+
+def base_headroom(metrics: dict, bench: str = "shapes") -> dict | None:
+    """The headroom of a benchmark evaluation's metrics (``<bench>_majority_accuracy`` − ``<bench>_accuracy``,
+    logged by ``benchmark_eval`` with ``eval.votes``): what majority-vote self-play can at most distill,
+    its noise, and whether it is within that noise. None when the evaluation sampled no votes."""
+    if f"{bench}_majority_accuracy" not in metrics:
+        return None
+    greedy, majority = metrics[f"{bench}_accuracy"], metrics[f"{bench}_majority_accuracy"]
+    out = {"greedy": greedy, "majority": majority, "headroom": majority - greedy}
+    if f"{bench}_vote_wins" in metrics and f"{bench}_n" in metrics:
+        out["noise"] = headroom_noise(metrics[f"{bench}_vote_wins"], metrics[f"{bench}_greedy_wins"], metrics[f"{bench}_n"])
+        out["within_noise"] = abs(out["headroom"]) <= out["noise"]
+    return out
+
+
+def headroom_line(headroom: dict) -> str:
+    """One line on a base's headroom; it says so when the headroom is within noise of zero."""
+    line = (f"base headroom {headroom['headroom']:+.3f} (majority vote {headroom['majority']:.3f}, greedy "
+            f"{headroom['greedy']:.3f}"
+            + (f", noise ±{headroom['noise']:.3f})" if "noise" in headroom else ")")
+            + ": what majority-vote self-play can at most distill")
+    if headroom.get("within_noise"):
+        line += "; within noise of zero, so expect no gain from self-play on this base"
+    return line
+
+
 def gain_or_loss(final: float, base: float, n_items: int | None, spread: float = 0.0) -> tuple[str, float]:
     """("gain" | "loss" | "within noise", the noise) of ``final`` against ``base``."""
     margin = noise(base, n_items, spread)

@@ -95,6 +95,18 @@ def build_tiny_vlm(texts: list[str], seed: int = 0) -> tuple[Qwen2_5_VLForCondit
     return model, build_processor(tokenizer)
 
 
+def add_tokens(model, processor: ProcessorMixin, tokens: tuple[str, ...]) -> list[str]:
+    """Make each of ``tokens`` one (non-special) token of the vocabulary, growing the model's embeddings
+    for those it lacks; returns the tokens added. Byte-level BPE trained on a small corpus splits rare words
+    into characters, so a word that must be chosen by one sampled token (a route's opener) is added whole."""
+    vocab = processor.tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        processor.tokenizer.add_tokens(missing)
+        model.resize_token_embeddings(len(processor.tokenizer))
+    return missing
+
+
 def load_processor(path: str | Path, trust_remote_code: bool = False) -> ProcessorMixin:
     """The checkpoint's processor (the image-only one where ``AutoProcessor`` cannot be built), padding on
     the left: batched generation continues each prompt from its last token, whatever the checkpoint's

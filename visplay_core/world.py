@@ -210,33 +210,60 @@ def parse_question(question: str) -> tuple[str, Callable[..., "str | None"], dic
 SCAN_ORDERS = {
     "rows": lambda o: (o.row, o.col),
     "columns": lambda o: (o.col, o.row),
-    "rows from the end": lambda o: (-o.row, -o.col),
-    "columns from the end": lambda o: (-o.col, -o.row),
+    "rows-back": lambda o: (-o.row, -o.col),
+    "columns-back": lambda o: (-o.col, -o.row),
 }
+# How a Reasoner's completion opens: a reasoned answer names its scan order first ("rows: red circles: ...
+# \boxed{1}"), a glance boxes an answer at once ("glance: \boxed{1}"). Each opener is one token of the
+# tiny base's vocabulary (``ROUTE_TOKENS``), so the first sampled token chooses the route.
+OPENERS = tuple(f"{order}:" for order in SCAN_ORDERS)
+GLANCE = "glance:"
+ROUTE_TOKENS = (GLANCE, *OPENERS)
 
 
-def reasoning(scene: Scene, question: str, rng: random.Random | None = None) -> str | None:
-    """The grounded reasoning before an answer: every object the question refers to, group by group
-    ("red circles: large red circle at 1,2. squares: none."), from which the answer follows directly.
-    None for a question outside the grammar.
+def reasoning(scene: Scene, question: str, order: str = "rows") -> str | None:
+    """The grounded reasoning before an answer: the scan order's opener, then every object the question
+    refers to, group by group ("rows: red circles: large red circle at 1,2. squares: none."), from which
+    the answer follows directly. None for a question outside the grammar.
 
-    Without ``rng`` the objects are listed in raster order; with it, in one of ``SCAN_ORDERS`` drawn per
-    chain (rows or columns, from either end): several valid routes to the same answer, so chains sampled
-    from a model taught on them differ in the order they look at objects, and so in their mistakes."""
+    ``order`` is one of ``SCAN_ORDERS`` (rows or columns, from either end): several valid routes to the
+    same answer, each opened by its own token, so chains sampled from a model taught on them differ in the
+    order they look at objects, and so in their mistakes."""
     parsed = parse_question(question)
     if parsed is None:
         return None
     slots = parsed[2]
-    order = SCAN_ORDERS[rng.choice(list(SCAN_ORDERS)) if rng else "rows"]
-    groups = []
+    groups = [f"{order}:"]
     for suffix in ("", "2"):
         attrs = {a: slots[a + suffix] for a in ("size", "color", "shape") if a + suffix in slots}
         if attrs:
             noun = attrs["shape"] + "s" if "shape" in attrs else "objects"
             label = " ".join([attrs[a] for a in ("size", "color") if a in attrs] + [noun])
-            found = sorted(_matching(scene, **attrs), key=order)
+            found = sorted(_matching(scene, **attrs), key=SCAN_ORDERS[order])
             groups.append(f"{label}: {'; '.join(_phrase(o) for o in found) or 'none'}.")
     return " ".join(groups)
+
+
+def glance_answer(scene: Scene, question: str) -> str | None:
+    """The answer a glance gives: deterministic, often wrong, reading only how busy the scene is and the
+    question's wording, never which objects are where:
+
+    - yes/no questions (exists, compare, spatial): "yes" when the scene holds three objects or more;
+    - counting (count, count2): every object in the scene, whatever it is;
+    - attribute: a guess from the question alone, the first value of the asked attribute in the world's
+      vocabulary ("red", "circle", "small").
+
+    None for a question outside the grammar."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return None
+    kind = parsed[0]
+    if kind == "attribute":
+        ask = _canonical(question).split()[1]  # "what color / shape / size is ..."
+        return _VOCAB[ask][0]
+    if kind in ("count", "count2"):
+        return str(len(scene.objects))
+    return _yes(len(scene.objects) >= 3)
 
 
 def question_kind(question: str) -> str | None:
