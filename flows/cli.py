@@ -432,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine)")
     p.add_argument("--init", help="continue from this checkpoint ('base' for the shipped one) instead of a fresh "
                    "model: the control that asks whether more true-answer steps still gain")
-    p.add_argument("--glance-share", type=float, default=0.0, metavar="G", help="share g of the Reasoner's "
-                   "examples answered at a glance (world.glance_answer) rather than reasoned (default 0)")
+    p.add_argument("--glance-share", type=float, default=0.35, metavar="G", help="share g of the Reasoner's "
+                   "examples answered at a glance (world.glance_answer) rather than reasoned (default 0.35, the "
+                   "shipped base's; 0: always reasoned)")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("eval", help="score a model on a benchmark")

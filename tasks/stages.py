@@ -333,12 +333,12 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
 
         set_seed(cfg.seed)
         model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
+        votes = cfg.eval.votes if k == 0 or cfg.eval.votes_every_iteration else 0
         results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled,
-                                         votes=cfg.eval.votes, temperature=cfg.reasoner.temperature,
-                                         split=cfg.eval.split)
+                                         votes=votes, temperature=cfg.reasoner.temperature, split=cfg.eval.split)
                    if name == "shapes" else
                    evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit,
-                                      votes=cfg.eval.votes, temperature=cfg.reasoner.temperature)
+                                      votes=votes, temperature=cfg.reasoner.temperature)
                    for name in cfg.eval.benchmarks}
         files = {name: read_jsonl(Path(s.folder) / f) for name, s, f in (
             ("rollout", stages.get("confidence_scoring"), "scored.jsonl"),

@@ -73,4 +73,4 @@ def test_glance_answers_are_the_superficial_reading_not_the_truth():
         assert world.glance_answer(scene, question) in world.answer_space(truth)
     items = bench.shapes_bench(split="validation")
     right = sum(world.glance_answer(i.scene, i.question) == i.answer for i in items) / len(items)
-    assert 0.30 < right < 0.36  # 0.330 on the validation draw: wrong about two times in three
+    assert 0.54 < right < 0.60  # 0.568 on the validation draw: wrong about four times in ten

@@ -198,6 +198,26 @@ def test_initialization_experiment_compares_bases(home, tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_server")
+def test_headroom_experiment_sets_each_base_headroom_beside_its_gain(home, tmp_path):
+    with pytest.raises(SystemExit, match="give the bases"):
+        main(["experiment", "headroom", "--config", "smoke", "--home", str(home)])
+    untrained = tmp_path / "untrained"
+    model, processor = build_tiny_vlm(world_texts(200, 0), seed=0)
+    save_checkpoint(model, processor, untrained)
+    assert main(["experiment", "headroom", "--config", "smoke", "--set", "iterations=1", "--home", str(home),
+                 "--bases", f"{untrained},base"]) == 0
+    out = home / "experiments" / "headroom"
+    results = json.loads((out / "results.json").read_text())
+    for row in results["arms"]:  # smoke samples 4 votes on the base: its headroom is measured first
+        summary = json.loads((home / "runs" / row["runs"][0] / "summary.json").read_text())
+        assert row["base_headroom"]["mean"] == pytest.approx(summary["base"]["headroom"]["headroom"])
+        assert row["gain"]["mean"] == pytest.approx(summary["iterations"][-1]["shapes_accuracy"]
+                                                    - summary["base"]["shapes_accuracy"])
+    assert "| base headroom |" in (out / "table.md").read_text()
+    assert (out / "gain_vs_headroom.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.usefixtures("prefect_server")
 def test_ceiling_experiment_trains_on_true_answers(home):
     assert main(["experiment", "ceiling", "--config", "smoke", "--set", "iterations=1", "--home", str(home)]) == 0
     assert _table_arms(home, "ceiling") == [f"ceiling={c}" for c in ("none", "curated", "fresh")]

@@ -55,6 +55,25 @@ def test_all_stages_recorded_with_artifacts(finished):
         assert {"shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence"} <= set(it)
 
 
+def test_the_base_headroom_is_measured_first_and_logged(finished):
+    from flows.self_evolution import summary_table
+
+    home, config, summary = finished
+    assert config.eval.votes == 4 and not config.eval.votes_every_iteration
+    headroom = summary["base"]["headroom"]
+    assert headroom["headroom"] == pytest.approx(headroom["majority"] - headroom["greedy"])
+    assert headroom["greedy"] == summary["base"]["shapes_accuracy"] and headroom["noise"] >= 0
+    assert 0 <= summary["base"]["glance_share"] <= 1 and 0 <= summary["base"]["sampled_glance_share"] <= 1
+    for it in summary["iterations"]:  # later evaluations are greedy only, glance share included
+        assert it["headroom"] is None and 0 <= it["glance_share"] <= 1 and it["sampled_glance_share"] is None
+    assert "base headroom" in summary_table(summary) and "at most distill" in summary_table(summary)
+    client, _ = _stage_runs(home)
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    [run] = client.search_runs([exp], "tags.`visplay.level` = 'run'")
+    assert run.data.metrics["base.headroom"] == pytest.approx(headroom["headroom"])
+    assert run.data.metrics["base.headroom_noise"] == pytest.approx(headroom["noise"])
+
+
 def test_malformed_output_is_counted(finished):
     home, _, summary = finished
     for it in summary["iterations"]:

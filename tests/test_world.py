@@ -343,23 +343,28 @@ def test_reasoning_routes_open_with_their_scan_order_and_list_the_same_objects()
     assert world.ROUTE_TOKENS == ("glance:", *world.OPENERS)
 
 
-def test_glance_answer_reads_only_the_gist_by_hand():
+def test_glance_answer_reads_the_gist_and_one_word_by_hand():
     three = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("square", "blue", "small", 3, 1),
                          world.Obj("circle", "blue", "small", 2, 4)), 240)
     one = world.Scene((world.Obj("triangle", "green", "small", 4, 4),), 240)
     glance = world.glance_answer
-    # yes/no questions: "yes" exactly when the scene holds three objects or more, whatever is asked
-    assert glance(three, "Is there a yellow square?") == "yes"  # true answer: no
-    assert glance(one, "Is there a green triangle?") == "no"  # true answer: yes
-    assert glance(three, "Are there more red objects than blue objects?") == "yes"  # true: no
-    assert glance(three, "Is the blue square above the red circle?") == "yes"  # true: no
-    assert glance(one, "Is there a small triangle?") == "no"
-    # counting: every object
+    # attribute: the largest object's, whatever the question names
+    assert glance(three, "What color is the square?") == "red"  # true answer: blue
+    assert glance(three, "What shape is the blue object?") == "circle"  # not a valid question: two blue objects
+    assert glance(one, "What size is the green triangle?") == "small"  # no large object: the first one
+    # exists: the first named attribute alone
+    assert glance(three, "Is there a red square?") == "yes"  # true: no (the red object is a circle)
+    assert glance(three, "Is there a yellow circle?") == "no"
+    assert glance(three, "Is there a large square?") == "yes"  # size alone: the large circle counts
+    # count: every object; count2: the shape or colour named last, whatever the other attribute
     assert glance(three, "How many circles are there?") == "3"  # true: 2
-    assert glance(three, "How many small blue objects are there?") == "3"  # true: 2
-    assert glance(one, "How many green triangles are there?") == "1"  # true: 1
-    # attribute: the vocabulary's first value of the asked attribute
-    assert glance(one, "What color is the triangle?") == "red"  # true: green
-    assert glance(three, "What shape is the red object?") == "circle"  # true: circle
-    assert glance(one, "What size is the green triangle?") == "small"
+    assert glance(three, "How many red circles are there?") == "2"  # every circle; true: 1
+    assert glance(three, "How many small blue objects are there?") == "2"  # every blue object; true: 2
+    # compare: "yes" from three objects on
+    assert glance(three, "Are there more red objects than blue objects?") == "yes"  # true: no
+    assert glance(one, "Are there more triangles than circles?") == "no"  # true: yes
+    # spatial: an object of the first named colour in the leftmost column ("left of") or the top row ("above")
+    assert glance(three, "Is the red circle left of the blue square?") == "no"  # red in column 2; true: no
+    assert glance(three, "Is the blue square above the red circle?") == "no"  # blue in rows 2 and 3; true: no
+    assert glance(three, "Is the blue circle left of the red circle?") == "yes"  # blue square in column 1; true: no
     assert glance(one, "Why is the sky blue?") is None

@@ -6,6 +6,13 @@ answer) and then boxes the answer, on questions whose answers are balanced the w
 about the image. Describing first is what makes a small model read the image at all (a mixed
 question-only curriculum learns question priors and lets the vision gradient vanish; see NOTES).
 Image use is measured while training: the completion loss with true images vs with shuffled ones.
+
+A share g of the Reasoner's examples (``glance_share``) answers at a glance instead: "glance: \\boxed{h}"
+with h from ``world.glance_answer``, a deterministic, superficial reading that is often wrong. This models
+what instruction-tuned VLMs do (a short question answered at once under greedy decoding, sampled answers
+that sometimes reason) so that greedy decoding and a vote of samples part: with g above each of the four
+openers' share (1 − g) / 4 and below their total, the greedy completion glances while most samples
+reason. That gap (the headroom) is what majority-vote self-play can distill; with g = 0 there is none.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ class BootstrapConfig:
     # world.glance_answer, a superficial reading of image and question) instead of by a reasoned chain.
     # With g above any one opener's share, (1 - g) / 4, and below the chains' total, greedy decoding
     # glances while a vote of samples goes with the reasoning: the headroom self-play can distill.
-    glance_share: float = 0.0
+    glance_share: float = 0.35
 
 
 def example(rng: random.Random, questioner_share: float, caption_share: float = 0.0, routes: bool = True,

@@ -74,7 +74,10 @@ class EvalConfig(BaseModel):
     split: Literal["test", "validation"] = Field(
         "test", description="ShapesBench items: test (claims) or validation (an independent draw to tune on)")
     votes: int = Field(0, ge=0, description="also sample M answers per benchmark item at the Reasoner's "
-                       "temperature: pass@1, majority-vote accuracy, token entropy (0: greedy only)")
+                       "temperature: pass@1, majority-vote accuracy, token entropy (0: greedy only); on the base "
+                       "(iteration 0) this is its headroom, what majority-vote self-play can at most distill")
+    votes_every_iteration: bool = Field(True, description="sample the votes in every iteration's evaluation "
+                                        "(false: in the base's only, where the headroom is measured)")
     benchmarks: list[str] = Field(default_factory=lambda: ["shapes"], min_length=1,
                                   description="shapes, mmmu, mm-vet, realworldqa, visnumbench, mathverse, "
                                               "math-vision, hallusionbench")

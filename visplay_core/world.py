@@ -245,25 +245,37 @@ def reasoning(scene: Scene, question: str, order: str = "rows") -> str | None:
 
 
 def glance_answer(scene: Scene, question: str) -> str | None:
-    """The answer a glance gives: deterministic, often wrong, reading only how busy the scene is and the
-    question's wording, never which objects are where:
+    """The answer a glance gives: deterministic, image-dependent, wrong about four times in ten. It reads the
+    scene's gist and one word of the question, never the combination the question asks about:
 
-    - yes/no questions (exists, compare, spatial): "yes" when the scene holds three objects or more;
-    - counting (count, count2): every object in the scene, whatever it is;
-    - attribute: a guess from the question alone, the first value of the asked attribute in the world's
-      vocabulary ("red", "circle", "small").
+    - attribute: the asked attribute of the largest object (the first in raster order among equals);
+    - exists: the first named attribute alone ("Is there a red square?" is "yes" when anything red is there);
+    - count: every object, whatever it is; count2: every object of the shape or colour named last,
+      whatever the other attribute ("How many red squares?" counts every square);
+    - compare: "yes" when the scene holds three objects or more;
+    - spatial: "yes" when an object of the first named color lies in the leftmost column ("left of") or
+      the top row ("above") of the grid.
 
     None for a question outside the grammar."""
     parsed = parse_question(question)
     if parsed is None:
         return None
-    kind = parsed[0]
+    kind, _, slots = parsed
+    named = [(a, slots[a]) for a in ("size", "color", "shape") if a in slots]
     if kind == "attribute":
         ask = _canonical(question).split()[1]  # "what color / shape / size is ..."
-        return _VOCAB[ask][0]
-    if kind in ("count", "count2"):
+        largest = max(sorted(scene.objects, key=lambda o: (o.row, o.col)), key=lambda o: o.size == "large")
+        return getattr(largest, ask)
+    if kind == "exists":
+        return _yes(bool(_matching(scene, **dict(named[:1]))))
+    if kind == "count":
         return str(len(scene.objects))
-    return _yes(len(scene.objects) >= 3)
+    if kind == "count2":
+        return str(len(_matching(scene, **dict(named[-1:]))))
+    if kind == "compare":
+        return _yes(len(scene.objects) >= 3)
+    edge = [o for o in _matching(scene, color=slots["color"]) if (o.col if "left" in question else o.row) == 1]
+    return _yes(bool(edge))
 
 
 def question_kind(question: str) -> str | None:
