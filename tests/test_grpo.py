@@ -28,7 +28,7 @@ def images(tmp_path_factory):
 def _job(tmp_path, images, training=TrainingConfig(), model=str(BASE_CHECKPOINT), **settings):
     folder, ids = images
     # Labels the base gets right on some samples and wrong on others, so GRPO's advantages are not all 0.
-    rows = [{"image_id": i, "question": "How many circles are there?", "pseudo_label": "1"} for i in ids]
+    rows = [{"image_id": i, "question": "Is there a red circle?", "pseudo_label": "yes"} for i in ids]
     settings = {"steps": 1, "learning_rate": 1e-3, "prompts_per_step": 1, **settings}
     return GRPOJob(role="reasoner", model=model, output=str(tmp_path / "out"), work_dir=str(tmp_path / "work"),
                    images_folder=str(folder), rows=rows, num_generations=4, temperature=1.5, max_new_tokens=48,

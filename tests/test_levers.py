@@ -102,7 +102,7 @@ def test_a_frozen_vision_tower_stays_put_while_the_language_model_learns(tmp_pat
 
     world_folder = write_embedded_corpus(tmp_path / "world", 2, seed=0)
     manifest = ingest(world_folder / "images", tmp_path / "corpus", max_pixels=112 * 112)
-    rows = [{"image_id": m["id"], "question": "How many circles are there?", "pseudo_label": "1"}
+    rows = [{"image_id": m["id"], "question": "Is there a red circle?", "pseudo_label": "yes"}  # rewards that vary
             for m in manifest.images]
     job = GRPOJob(role="reasoner", model=str(BASE_CHECKPOINT), output=str(tmp_path / "out"),
                   work_dir=str(tmp_path / "work"), images_folder=str(tmp_path / "corpus"), rows=rows, steps=1,

@@ -170,8 +170,9 @@ def test_mlflow_server_killed_and_restarted_mid_run_loses_nothing(served_home):
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     assert "'loss'" not in out + err and "Loading weights" not in err and "Traceback" not in err  # one bar per GRPO stage
-    assert out.strip().splitlines()[-3].startswith("base ")  # ends with the summary table
-    assert out.strip().splitlines()[-1].startswith("iteration 1 against the base: ")
+    lines = out.strip().splitlines()  # ends with the summary table, the base's headroom and the verdict
+    assert lines[-4].startswith("base ") and lines[-2].startswith("base headroom ")
+    assert lines[-1].startswith("iteration 1 against the base: ")
     client = MlflowClient(servers["mlflow"]["api"])
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.run` = 'mlflow-restarted' and tags.`visplay.complete` = 'true'")
