@@ -111,8 +111,10 @@ def _exit_now(message: str, code: int = 1) -> None:
     client would retry each call for a minute). Stages are atomic and the run lock is the kernel's, so the
     rerun restores every finished stage. Child processes (flow runs, GRPO jobs) are stopped first."""
     import psutil
+    from tqdm import tqdm
 
-    print(f"visplay: {message}", file=sys.stderr, flush=True)
+    mid_line = bool(getattr(tqdm, "_instances", None))  # a stage's bar is drawing: end its line first
+    print(("\n" if mid_line else "") + f"visplay: {message}", file=sys.stderr, flush=True)
     children = psutil.Process().children(recursive=True)
     for child in children:
         child.terminate()
