@@ -25,12 +25,13 @@ from tasks.tracking import EXPERIMENT, finished_stage, tracking_uri
 from visplay_core import world
 from visplay_core.corpus import Manifest, scenes_by_id
 from visplay_core.io import read_jsonl
+from visplay_core.rewards import in_window
 
 SAMPLES = 12  # sample questions shown per iteration
 THUMBNAIL = 64  # pixels
 FILES = {"questioner_grpo": "metrics.json", "candidate_generation": "candidates.jsonl",
          "threshold_filtering": "curated.jsonl", "reasoner_grpo": "metrics.json"}  # what a report reads per stage
-METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence", "questioner_validity",
+METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence", "well_formed", "oracle_validity",
            "questioner_reward")
 
 
@@ -50,6 +51,7 @@ class RunData:
     tau: tuple[float, float]
     base_accuracy: float | None
     iterations: list[IterationData]
+    links: dict[str, str]  # the Prefect flow run and MLflow run of the call that wrote the summary: URL or id
 
 
 # ---- plots -------------------------------------------------------------------------------------------------
@@ -82,13 +84,26 @@ def reward_plot(grpo: dict[str, list[dict]]) -> bytes:
     return png(fig)
 
 
-def confidence_plot(confidences: list[float], tau: tuple[float, float]) -> bytes:
-    """Candidates per confidence value (a share of m votes) with the curation window [τ_low, τ_high] shaded."""
+def window_bars(confidences: list[float], tau: tuple[float, float]) -> tuple[Counter, Counter]:
+    """The histogram's bars, candidates per confidence value (to 3 decimals), in the curation window and
+    outside it, by curation's own rule (``in_window`` on the exact value): a value just outside an edge counts
+    outside even where its bar stands on the edge."""
+    inside = Counter(round(c, 3) for c in confidences if in_window(c, tau))
+    outside = Counter(round(c, 3) for c in confidences if not in_window(c, tau))
+    return inside, outside
+
+
+def confidence_plot(confidences: list[float], tau: tuple[float, float], curated: int) -> bytes:
+    """Candidates per confidence value (a share of m votes), those in the curation window [τ_low, τ_high] apart
+    from the others, beside the number curated (fewer where curation also left a question out: asked again of
+    the same image, unanswerable, or over its label's share)."""
     fig = Figure(figsize=(5, 3))
     ax = fig.subplots()
     ax.axvspan(*tau, color="tab:green", alpha=0.15, label=f"τ window [{tau[0]}, {tau[1]}]")
-    counts = Counter(round(c, 3) for c in confidences)
-    ax.bar(list(counts), list(counts.values()), width=0.03, color="tab:blue")
+    inside, outside = window_bars(confidences, tau)
+    ax.bar(list(outside), list(outside.values()), width=0.03, color="tab:gray", label=f"outside: {outside.total()}")
+    ax.bar(list(inside), list(inside.values()), bottom=[outside[x] for x in inside], width=0.03, color="tab:blue",
+           label=f"in the window: {inside.total()} ({curated} curated)")
     if not confidences:
         _empty(ax, "no answered candidate")
     ax.set(title=f"candidate confidence (n = {len(confidences)})", xlabel="confidence c", ylabel="candidates",
@@ -111,7 +126,8 @@ def line_plot(points: list[tuple[int, float]], title: str) -> bytes:
 
 
 def iteration_plots(it: IterationData, tau: tuple[float, float]) -> dict[str, bytes]:
-    return {"grpo_rewards.png": reward_plot(it.grpo), "confidence_histogram.png": confidence_plot(it.confidences, tau)}
+    return {"grpo_rewards.png": reward_plot(it.grpo),
+            "confidence_histogram.png": confidence_plot(it.confidences, tau, it.metrics["curated"])}
 
 
 def run_plots(base_accuracy: float | None, rows: list[dict]) -> dict[str, bytes]:
@@ -138,7 +154,7 @@ def sample_table(it: IterationData) -> list[dict]:
     rows = []
     for s in it.samples:
         votes = " · ".join(f"{a}: {n}" for a, n in sorted(s["votes"].items(), key=lambda kv: -kv[1]))
-        row = {"image": s["image_id"], "question": s["question"] or "(not a question)", "votes": votes or "–",
+        row = {"image id": s["image_id"], "question": s["question"] or "(not a question)", "votes": votes or "–",
                "confidence": _fmt(s["confidence"]), "pseudo-label": _fmt(s["pseudo_label"]),
                "curated": "yes" if s["curated"] else "no"}
         if "oracle" in s:
@@ -153,13 +169,27 @@ def _metric_rows(base_accuracy: float | None, rows: list[dict]) -> tuple[list[st
     return head, body + [[str(r["iteration"]), *(_fmt(r.get(m)) for m in METRICS)] for r in rows]
 
 
+def _is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def links_markdown(links: dict[str, str]) -> str:
+    return " · ".join(f"[{name}]({t})" if _is_url(t) else f"{name} `{t}`" for name, t in links.items())
+
+
+def links_html(links: dict[str, str]) -> str:
+    items = [f'<a href="{html.escape(t)}">{html.escape(name)}</a>' if _is_url(t)
+             else f"{html.escape(name)} <code>{html.escape(t)}</code>" for name, t in links.items()]
+    return "<p>" + " · ".join(items) + "</p>"
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def iteration_markdown(run: str, it: IterationData, plots: dict[str, bytes]) -> str:
+def iteration_markdown(run: str, it: IterationData, plots: dict[str, bytes], links: dict[str, str]) -> str:
     head, body = _metric_rows(None, [{"iteration": it.iteration, **it.metrics}])
-    lines = [f"# Run {run}: iteration {it.iteration}", "",
+    lines = [f"# Run {run}: iteration {it.iteration}", "", links_markdown(links), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              *("| " + " | ".join(r) + " |" for r in body), ""]
     lines += [f"![{name}]({_uri(png)})" for name, png in plots.items()]
@@ -193,7 +223,7 @@ def iteration_html(it: IterationData, plots: dict[str, bytes]) -> str:
     if table:
         images = [f'<img class=thumb alt="{s["image_id"]}" src="{_uri(s["image"])}">' if s["image"] else "–"
                   for s in it.samples]
-        samples = _html_table(["image", *table[0]], [[img, *row.values()] for img, row in zip(images, table)],
+        samples = _html_table(["thumbnail", *table[0]], [[img, *row.values()] for img, row in zip(images, table)],
                               raw_first=True)
     return (f'<section id="iteration-{it.iteration}"><h2>Iteration {it.iteration}</h2>' + _html_table(head, body)
             + _images(plots) + f"<h3>Sample questions ({len(table)})</h3>" + samples + "</section>")
@@ -210,12 +240,14 @@ def page(title: str, body: str) -> str:
 
 
 def iteration_report(run: str, it: IterationData, tau: tuple[float, float], base_accuracy: float | None,
-                     rows: list[dict]) -> dict[str, bytes]:
+                     rows: list[dict], links: dict[str, str]) -> dict[str, bytes]:
     """One iteration's report files: summary.md, iteration.html, questions.json and the PNG plots;
-    ``rows`` (the summary rows of iterations 1..k) feed the across-iteration plots."""
+    ``rows`` (the summary rows of iterations 1..k) feed the across-iteration plots; ``links`` (name: URL or
+    id) lead to the Prefect flow run and the MLflow run."""
     plots = {**iteration_plots(it, tau), **run_plots(base_accuracy, rows)}
-    return {"summary.md": iteration_markdown(run, it, plots).encode(),
-            "iteration.html": page(f"Run {run}: iteration {it.iteration}", iteration_html(it, plots)).encode(),
+    return {"summary.md": iteration_markdown(run, it, plots, links).encode(),
+            "iteration.html": page(f"Run {run}: iteration {it.iteration}",
+                                   links_html(links) + iteration_html(it, plots)).encode(),
             "questions.json": json.dumps(sample_table(it), indent=2).encode(), **plots}
 
 
@@ -224,7 +256,7 @@ def run_page(data: RunData) -> str:
     rows = [{"iteration": it.iteration, **it.metrics} for it in data.iterations]
     head, body = _metric_rows(data.base_accuracy, rows)
     intro = (f"<p>preset <b>{html.escape(data.preset)}</b>, {len(data.iterations)} iterations, "
-             f"curation window τ = [{data.tau[0]}, {data.tau[1]}]</p>")
+             f"curation window τ = [{data.tau[0]}, {data.tau[1]}]</p>" + links_html(data.links))
     sections = "".join(iteration_html(it, iteration_plots(it, data.tau)) for it in data.iterations)
     return page(f"VisPlay run {data.run}",
                 intro + _html_table(head, body) + _images(run_plots(data.base_accuracy, rows)) + sections)
@@ -305,4 +337,5 @@ def load_run(home: Path, run: str) -> RunData:
             for it in summary["iterations"]]
     method = summary["config"]["method"]
     return RunData(run=run, preset=summary["preset"], tau=(method["tau_low"], method["tau_high"]),
-                   base_accuracy=summary["base"]["shapes_accuracy"], iterations=iterations)
+                   base_accuracy=summary["base"]["shapes_accuracy"], iterations=iterations,
+                   links=summary.get("links", {}))  # none in a summary written before they were

@@ -91,13 +91,14 @@ def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpo
         client.set_terminated(run_id, "FAILED")
         raise
     stages = dict(zip(STAGES, (rollout, scoring, q_update, candidates, curated, r_update, evaluation)))
-    log_iteration(client, run_id, k, _iteration_row(k, stages))
     log_dataset(client, run_id, f"images-iteration-{k}", images.folder, images.key)
     log_dataset(client, run_id, f"curated-iteration-{k}", Path(curated.folder) / "curated.jsonl", curated.key)
     models = {role: log_model(ctx, run_id, stage, role) for role, stage in (("questioner", q_update), ("reasoner", r_update))}
+    log_iteration(client, run_id, k, _iteration_row(k, stages),
+                  [m.model_id for m in models.values() if not m.metrics])  # a new model carries its iteration's metrics
     client.set_terminated(run_id, "FINISHED")
     return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages,
-                           mlflow_run_id=run_id, models=models)
+                           mlflow_run_id=run_id, models={role: m.model_id for role, m in models.items()})
 
 
 def _named(stage: Task, k: int) -> Task:
@@ -116,7 +117,7 @@ def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
         "headroom": ev.get("shapes_headroom"),
         "glance_share": ev.get("shapes_glance_share"),
         "sampled_glance_share": ev.get("shapes_sampled_glance_share"),
-        "questioner_validity": stages["confidence_scoring"].metrics["validity_rate"],
+        "well_formed": stages["confidence_scoring"].metrics["validity_rate"],
         "questioner_reward": stages["confidence_scoring"].metrics["mean_reward"],
     }
 
@@ -233,16 +234,17 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start)
+    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start,
+                            report_links(ctx))
     for row in summary["iterations"]:
         log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     write_json(home_path / "runs" / run / "summary.json", summary)
     write_json(home_path / "summary.json", summary)
     client.log_artifact(run_id, str(home_path / "runs" / run / "summary.json"))
     last, accuracy = results[-1], summary["iterations"][-1]["shapes_accuracy"]
-    register_model(client, REGISTERED_REASONER, last.stages["reasoner_grpo"], {
+    register_model(client, REGISTERED_REASONER, last.models["reasoner"], {
         "visplay.run": run, "visplay.run_id": run_id, "visplay.iteration": str(last.iteration),
-        "visplay.logged_model": last.models["reasoner"], **({"shapes_accuracy": str(accuracy)} if accuracy is not None else {})})
+        **({"shapes_accuracy": f"{accuracy:.3f}"} if accuracy is not None else {})})
     client.set_terminated(run_id, "FINISHED")
     print(summary_table(summary))
     return summary
@@ -277,7 +279,7 @@ def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict],
                                  {s: Path(last.stages[s].folder) / f for s, f in report.FILES.items()},
                                  str(folder), str(truth) if truth else None)
     files = report.iteration_report(ctx.run, data, (ctx.config.method.tau_low, ctx.config.method.tau_high),
-                                    base_eval.metrics.get("shapes_accuracy"), rows)
+                                    base_eval.metrics.get("shapes_accuracy"), rows, report_links(ctx))
     out = Path(ctx.home) / "runs" / ctx.run / "report" / f"iteration-{last.iteration}"
     out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -289,11 +291,20 @@ def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict],
                           description=f"sample questions of run {ctx.run}, iteration {last.iteration}")
 
 
+def report_links(ctx: RunContext) -> dict[str, str]:
+    """The call's Prefect flow run and MLflow run, as the reports show them: their pages where a server shows
+    them, else their ids."""
+    return {"Prefect flow run": ctx.tags.get("prefect.flow_run_url") or ctx.tags["prefect.flow_run_id"],
+            "MLflow run": mlflow_run_url(ctx.tracking_uri, ctx.experiment_id, ctx.run_id) or ctx.run_id}
+
+
 def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earlier: list[dict],
-                  results: list[IterationResult], folder: Path, truth: Path | None, seconds: float) -> dict:
+                  results: list[IterationResult], folder: Path, truth: Path | None, seconds: float,
+                  links: dict[str, str]) -> dict:
     return {
         "run": run,
         "preset": config.preset,
+        "links": links,
         "config": config.model_dump(mode="json"),
         "corpus": {"folder": str(folder), "truth": str(truth) if truth else None},
         "base": {"shapes_accuracy": base_eval.metrics.get("shapes_accuracy"),

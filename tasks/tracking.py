@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,12 @@ from typing import Any, Callable
 
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
@@ -267,9 +271,13 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=rows[i:i + 100])
 
 
-def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[str, float]) -> None:
+def log_iteration(client: MlflowClient, run_id: str, step: int, metrics: dict[str, float],
+                  model_ids: list[str] | None = None) -> None:
+    """``metrics`` on the run at ``step``, each also attached to the logged models ``model_ids`` (the run keeps
+    one point per metric all the same: MLflow drops the exact duplicates)."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, model_id=m) for k, v in metrics.items()
+                                      if v is not None for m in (model_ids or [None])])
 
 
 def checkpoint_uri(stage: StageResult) -> str:
@@ -277,33 +285,64 @@ def checkpoint_uri(stage: StageResult) -> str:
     return f"runs:/{stage.run_id}/outputs/model"
 
 
-def log_model(ctx: RunContext, run_id: str, stage: StageResult, role: str) -> str:
+def log_model(ctx: RunContext, run_id: str, stage: StageResult, role: str) -> LoggedModel:
     """A GRPO stage's checkpoint as an MLflow logged model ``<role>-iteration-<k>``, listed as an output of
-    ``run_id``; returns its id. One logged model per checkpoint (found again by the stage's cache key): it
-    names the stage run that holds the weights (tag ``visplay.checkpoint``) rather than holding a second copy."""
+    ``run_id``. One logged model per checkpoint (found again by the stage's cache key): it names the stage run
+    that holds the weights (tag ``visplay.checkpoint``, and the ``checkpoint`` of its only artifact, an
+    ``MLmodel`` file) rather than holding a second copy."""
     client = ctx.client
     found = client.search_logged_models([ctx.experiment_id], f"tags.`visplay.cache_key` = '{stage.key}'", max_results=1)
     if found:
-        model_id = found[0].model_id
+        model = found[0]
     else:
-        model_id = client.create_logged_model(
+        model = client.create_logged_model(
             ctx.experiment_id, name=f"{role}-iteration-{stage.iteration}", source_run_id=stage.run_id, model_type=role,
-            tags={"visplay.cache_key": stage.key, "visplay.checkpoint": checkpoint_uri(stage)}).model_id
-        client.finalize_logged_model(model_id, "READY")
-    client.log_outputs(run_id, [LoggedModelOutput(model_id, stage.iteration)])
-    return model_id
+            tags={"visplay.cache_key": stage.key, "visplay.checkpoint": checkpoint_uri(stage)})
+        with tempfile.TemporaryDirectory() as tmp:
+            Model(run_id=stage.run_id, model_id=model.model_id, metadata={"checkpoint": checkpoint_uri(stage)}).save(
+                Path(tmp) / MLMODEL_FILE_NAME)
+            client.log_model_artifacts(model.model_id, tmp)
+        client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, stage.iteration)])
+    return model
 
 
-def register_model(client: MlflowClient, name: str, stage: StageResult, tags: dict[str, str]) -> str:
-    """A new version of the registered model ``name`` (created if missing) whose source is a GRPO stage's
-    checkpoint, the weights themselves; returns its number."""
+def register_model(client: MlflowClient, name: str, model_id: str, tags: dict[str, str]) -> None:
+    """The logged model ``model_id`` as a version of the registered model ``name`` (created if missing), tagged
+    ``tags``. Its source is ``models:/<model_id>``, so the version and the logged model link to each other (tag
+    ``mlflow.modelVersions`` on the model). A logged model is registered once: a run whose last Reasoner is a
+    version already (a rerun that restored it) adds none."""
+    source = f"models:/{model_id}"
     try:
         client.create_registered_model(name)
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(name, checkpoint_uri(stage), run_id=stage.run_id, tags=tags,
-                                       await_creation_for=0).version
+    found = client.search_model_versions(f"name = '{name}' and source_path = '{source}'")
+    if found:
+        version = found[0].version
+    else:
+        with _process_tracking_uri(client.tracking_uri):
+            version = client.create_model_version(name, source, tags=tags, model_id=model_id, await_creation_for=0).version
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    entry = {"name": name, "version": int(version)}
+    if entry not in listed:  # a server lists it itself, a local store does not
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
+
+
+@contextmanager
+def _process_tracking_uri(uri: str):
+    """Point the process's MLflow tracking URI at ``uri`` meanwhile: a local store's model registry looks a
+    ``models:/<id>`` source up there, not in its client's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def log_dataset(client: MlflowClient, run_id: str, name: str, path: str | Path, digest: str) -> None:

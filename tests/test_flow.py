@@ -4,6 +4,8 @@ import json
 import shutil
 
 import pytest
+from mlflow.artifacts import download_artifacts
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import STAGES, self_evolution
@@ -102,6 +104,25 @@ def test_restore_from_mlflow_with_work_folder_deleted(finished):
     assert all(s["cached"] for it in again["iterations"] for s in it["stages"].values())
     assert _metrics(again) == _metrics(summary)
     assert (home / "stages").is_dir() and any((home / "stages").iterdir())
+
+
+def test_the_registry_holds_the_last_reasoner_once_as_its_logged_model(finished):
+    """On a plain SQLite store; the reruns above restored the same last Reasoner: no second version."""
+    home, _, summary = finished
+    client, _ = _stage_runs(home)
+    last = summary["iterations"][-1]
+    [version] = client.search_model_versions("name = 'visplay-reasoner'")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.name == "reasoner-iteration-3" and version.run_id == model.source_run_id
+    assert model.tags["visplay.cache_key"] == last["stages"]["reasoner_grpo"]["key"]
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "visplay-reasoner", "version": 1}]
+    assert version.tags["shapes_accuracy"] == f"{last['shapes_accuracy']:.3f}"
+    expected = {k: v for k, v in last.items() if k not in ("iteration", "stages") and v is not None}
+    assert len(model.metrics) == len(expected)  # attached once, not again by the reruns
+    assert {m.key: m.value for m in model.metrics} == pytest.approx(expected)
+    where = client.get_model_version_download_uri("visplay-reasoner", version.version)
+    mlmodel = Model.load(download_artifacts(f"{where}/MLmodel"))  # what the version's page reads
+    assert mlmodel.metadata["checkpoint"] == model.tags["visplay.checkpoint"] == f"runs:/{model.source_run_id}/outputs/model"
 
 
 def test_failure_in_iteration_2_resumes_from_that_stage(finished, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from flows import cli
@@ -137,7 +138,11 @@ def test_the_flow_run_holds_the_link_and_the_reports(line, mlflow_server):
     assert {f"{LINE}-mlflow", f"{LINE}-iteration-2", f"{LINE}-iteration-2-questions"} <= set(by_key)
     assert f"{LINE}-iteration-1" not in by_key  # iteration 1 was only restored: its report is on the first night's run
     [top] = _runs(MlflowClient(mlflow_server), f"attributes.run_name = '{LINE}-iteration-2'")
-    assert f"{mlflow_server}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id}" in by_key[f"{LINE}-mlflow"].data
+    mlflow_url = f"{mlflow_server}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id}"
+    assert by_key[f"{LINE}-mlflow"].data == f"[MLflow run {LINE}-iteration-2]({mlflow_url})"  # Prefect's link artifact
+    links = {"Prefect flow run": top.data.tags["prefect.flow_run_url"], "MLflow run": mlflow_url}
+    assert " · ".join(f"[{name}]({url})" for name, url in links.items()) in by_key[f"{LINE}-iteration-2"].data
+    assert json.loads((line[0] / "runs" / LINE / "summary.json").read_text())["links"] == links  # for `visplay report`
 
 
 def test_models_datasets_and_the_registry(line, mlflow_server):
@@ -157,13 +162,19 @@ def test_models_datasets_and_the_registry(line, mlflow_server):
     assert "outputs/model/model.safetensors" in {a.path for a in client.list_artifacts(stage_run, "outputs/model")}
     exp = top.info.experiment_id
     assert len(client.search_logged_models([exp], "name = 'reasoner-iteration-1'")) == 1  # not again when restored
+    row = second["iterations"][1]
+    expected = {k: v for k, v in row.items() if k not in ("iteration", "stages") and v is not None}
+    for model in models.values():  # the iteration's metrics, once (the run "whole" restored them)
+        assert len(model.metrics) == len(expected) and {m.key: m.value for m in model.metrics} == pytest.approx(expected)
     versions = client.search_model_versions("name = 'visplay-reasoner'")
-    finished = _runs(client, "tags.`visplay.level` = 'run' and attributes.status = 'FINISHED'")
-    assert len(versions) == len(finished)  # one version per finished run
-    [mine] = [v for v in versions if v.tags["visplay.run_id"] == top.info.run_id]
-    assert mine.source == reasoner.tags["visplay.checkpoint"] and mine.run_id == stage_run  # the weights themselves
-    assert mine.tags["visplay.logged_model"] == reasoner.model_id
-    assert mine.tags["shapes_accuracy"] == str(second["iterations"][1]["shapes_accuracy"])
+    assert len({v.source for v in versions}) == len(versions)  # "whole" ended on this Reasoner too: no new version
+    [mine] = [v for v in versions if v.source == f"models:/{reasoner.model_id}"]  # the logged model itself
+    assert mine.tags["visplay.run_id"] == top.info.run_id and mine.run_id == stage_run
+    assert json.loads(reasoner.tags["mlflow.modelVersions"]) == [{"name": "visplay-reasoner", "version": int(mine.version)}]
+    assert mine.tags["shapes_accuracy"] == f"{row['shapes_accuracy']:.3f}"
+    page = urllib.request.urlopen(f"{mlflow_server}/model-versions/get-artifact?path=MLmodel&name=visplay-reasoner"
+                                  f"&version={mine.version}", timeout=30)  # what the version's page asks for
+    assert page.status == 200 and yaml.safe_load(page.read())["metadata"]["checkpoint"] == reasoner.tags["visplay.checkpoint"]
 
 
 def test_a_rerun_restoring_every_stage_is_short_in_mlflow(line, mlflow_server):

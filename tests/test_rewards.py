@@ -242,8 +242,8 @@ def candidate(c: float, question: str = "What is it?", image_id: str = "img", la
     ],
 )
 def test_in_window_ends_are_inclusive(c, paper, official):
-    assert in_window(c, PAPER) is paper
-    assert in_window(c, OFFICIAL) is official
+    assert in_window(c, (PAPER.tau_low, PAPER.tau_high)) is paper
+    assert in_window(c, (OFFICIAL.tau_low, OFFICIAL.tau_high)) is official
 
 
 def test_curate_keeps_the_window():

@@ -193,9 +193,9 @@ def questioner_rewards(
     return rewards
 
 
-def in_window(c: float, method: MethodConfig) -> bool:
-    """Whether confidence ``c`` lies in the curation window [tau_low, tau_high], ends included."""
-    return method.tau_low <= c <= method.tau_high
+def in_window(c: float, tau: tuple[float, float]) -> bool:
+    """Whether confidence ``c`` lies in the curation window ``tau`` = [tau_low, tau_high], ends included."""
+    return tau[0] <= c <= tau[1]
 
 
 def curate(candidates: Iterable[Candidate], method: MethodConfig,
@@ -207,7 +207,8 @@ def curate(candidates: Iterable[Candidate], method: MethodConfig,
     kept: dict[tuple[str, str], Candidate] = {}
     for candidate in candidates:
         answerable = answerable_confidence(candidate.vote, method.unanswerable_vote_share) is not None
-        if candidate.vote.label is None or not answerable or not in_window(candidate.vote.confidence, method):
+        windowed = in_window(candidate.vote.confidence, (method.tau_low, method.tau_high))
+        if candidate.vote.label is None or not answerable or not windowed:
             continue
         key = (candidate.image_id, " ".join(candidate.question.lower().split()))
         kept.setdefault(key, candidate)
