@@ -111,10 +111,9 @@ def _exit_now(message: str, code: int = 1) -> None:
     client would retry each call for a minute). Stages are atomic and the run lock is the kernel's, so the
     rerun restores every finished stage. Child processes (flow runs, GRPO jobs) are stopped first."""
     import psutil
-    from tqdm import tqdm
 
-    mid_line = bool(getattr(tqdm, "_instances", None))  # a stage's bar is drawing: end its line first
-    print(("\n" if mid_line else "") + f"visplay: {message}", file=sys.stderr, flush=True)
+    # A line of its own whatever was drawing: a stage's bar, here or in a child process, leaves no newline.
+    print(f"\nvisplay: {message}", file=sys.stderr, flush=True)
     children = psutil.Process().children(recursive=True)
     for child in children:
         child.terminate()
@@ -214,8 +213,12 @@ def cmd_advance(args) -> int:
         raise SystemExit(f"visplay advance: --iterations must be at least 1 (got {args.iterations})")
     from visplay_core.config import ConfigError, load_config, preset_names
 
+    if args.set and not args.config:
+        raise SystemExit("visplay advance: --set changes a configuration, and a line keeps its own: give --set with "
+                         "the --config of a new line")
     try:
-        load_config(args.config, args.set)  # a bad configuration stops here, before any server or flow run
+        if args.config:
+            load_config(args.config, args.set)  # a bad configuration stops here, before any server or flow run
     except ConfigError as e:
         raise SystemExit(f"visplay advance: {e}")
     ready = _connect(args.home)
@@ -225,7 +228,8 @@ def cmd_advance(args) -> int:
 
     ready()
     try:
-        source = {"preset": args.config} if args.config in preset_names() else {"config_path": args.config}
+        source = ({} if not args.config else {"preset": args.config} if args.config in preset_names()
+                  else {"config_path": args.config})
         visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home, **source)
     except (ConfigError, LineError, RunInProgressError) as e:
         raise SystemExit(f"visplay advance: {e}")
@@ -286,15 +290,26 @@ def _bootstrapped_bases(home: Path, steps: list[int]) -> list[str]:
     return [bases[n] for n in sorted(bases)]
 
 
+def _without_password(url: str) -> str:
+    """A database URL as it may be shown: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def cmd_up(args) -> int:
-    from flows.servers import up
+    from flows.servers import databases, up
 
     try:
-        servers = up(Path(args.home), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+        servers = up(Path(args.home), host=args.host, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
+                     prefect_database=args.prefect_database, mlflow_database=args.mlflow_database)
     except RuntimeError as e:
         raise SystemExit(f"visplay up: {e}")
-    print(f"Prefect  {servers['prefect']['url']}   (API {servers['prefect']['api']})")
-    print(f"MLflow   {servers['mlflow']['url']}")
+    dbs = databases(Path(args.home))
+    print(f"Prefect  {servers['prefect']['url']}   (API {servers['prefect']['api']}; database "
+          f"{_without_password(dbs['prefect']) if 'prefect' in dbs else 'SQLite, in ' + str(Path(args.home) / 'prefect')})")
+    print(f"MLflow   {servers['mlflow']['url']}   (database "
+          f"{_without_password(dbs['mlflow']) if 'mlflow' in dbs else 'SQLite, ' + str(Path(args.home) / 'mlflow.db')})")
     if servers["prefect"].get("auth"):
         print(f"both require the credentials in {Path(args.home) / 'credentials.json'} (mode 0600), which visplay uses")
     print(f"recorded in {Path(args.home) / 'servers.json'}: `visplay run/demo/serve --home {args.home}` use them; "
@@ -312,6 +327,8 @@ def cmd_down(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    if args.iterations < 1:
+        raise SystemExit(f"visplay serve: --iterations must be at least 1 (got {args.iterations})")
     from flows.servers import use_servers
 
     use_servers(Path(args.home))  # before prefect is imported
@@ -321,9 +338,15 @@ def cmd_serve(args) -> int:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
     _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
     from flows.deploy import serve
+    from flows.self_evolution import LineError
+    from visplay_core.config import ConfigError
 
     _tracebacks_once()
-    serve(args.home, cron=args.cron, timezone=args.timezone)
+    try:
+        serve(args.home, cron=args.cron, timezone=args.timezone, line=args.line, source=args.config or "",
+              iterations=args.iterations)
+    except (ConfigError, LineError) as e:
+        raise SystemExit(f"visplay serve: {e}")
     return 0
 
 
@@ -390,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("advance", help="run the next iterations of a line of evolution (a failed advance is "
                        "completed first); what `visplay serve` runs every night")
     p.add_argument("--line", required=True, help="name of the line of evolution")
-    p.add_argument("--config", required=True, help="YAML file or preset name (the same on every advance of a line)")
+    p.add_argument("--config", help="YAML file or preset name of a new line (default: the line's own; a line keeps "
+                   "the configuration it started from)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--iterations", type=int, default=1, help="iterations to add (default 1)")
     p.add_argument("--home", default=".visplay")
@@ -468,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    p.add_argument("--prefect-database", metavar="URL", help="Prefect's database, e.g. "
+                   "postgresql://USER:PASSWORD@HOST:5432/prefect (default: SQLite under HOME; remembered by the home)")
+    p.add_argument("--mlflow-database", metavar="URL", help="MLflow's backend store, e.g. "
+                   "postgresql://USER:PASSWORD@HOST:5432/mlflow (default: HOME/mlflow.db; remembered by the home)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop the servers `visplay up` started")
@@ -479,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default=os.environ.get("TZ", "UTC"), help="IANA time zone of the schedule "
                    "(default $TZ, else UTC)")
     p.add_argument("--home", default=".visplay", help="run home of the runs it starts (and of `visplay up`)")
+    p.add_argument("--line", default="nightly", help="the line of evolution each run advances (default nightly)")
+    p.add_argument("--config", help="YAML file or preset name of a new line (default: the line's own)")
+    p.add_argument("--iterations", type=int, default=1, help="iterations each run adds (default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="write one self-contained HTML page of a run")

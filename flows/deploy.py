@@ -7,6 +7,7 @@ iteration further; ``deployments/prefect.yaml`` deploys it to a process work poo
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,16 +15,27 @@ from typing import Annotated, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows.self_evolution import advance_line
+from flows.self_evolution import LineError, advance_line, line_config, line_run_name, line_span, read_line
 from flows.servers import use_servers
 from visplay_core.config import load_config, preset_names
 
 DEPLOYMENT = "nightly"
-Preset = Literal[tuple(preset_names())]  # the shipped presets: a dropdown in the run form
+Preset = Literal[("", *preset_names())]  # the shipped presets, or none (the line's own): a dropdown in the run form
 
 
-@flow(name="visplay-nightly")
-def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path: str = "",
+def _advance_name() -> str:
+    """The flow run's name, the iterations it runs (``night-iteration-3``): given at its start, before its first
+    log line, whoever created it (the command line, the UI's form, the schedule)."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.callables import get_call_parameters
+
+    params = get_call_parameters(visplay_nightly.fn, (), flow_run.parameters)
+    state = read_line(Path(params["home"]).resolve(), params["line"])
+    return line_run_name(params["line"], *line_span(state, params["iterations"]))
+
+
+@flow(name="visplay-nightly", flow_run_name=_advance_name)
+def visplay_nightly(line: str = "nightly", preset: Preset = "", config_path: str = "",
                     overrides: list[str] = [],  # noqa: B006 (never mutated; a plain list in the form, not "list or None")
                     iterations: Annotated[int, Field(ge=1)] = 1, home: str = ".visplay",
                     tracking_uri: str = "") -> dict:
@@ -32,9 +44,10 @@ def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path:
 
     Args:
         line: name of the line of evolution (its MLflow runs, its summary, its flow runs are named after it)
-        preset: configuration preset, used when no config_path is given
+        preset: configuration preset of a new line (empty: the line's own configuration; a line keeps the one it
+            started from)
         config_path: a YAML configuration file on the machine that runs the flow (instead of the preset)
-        overrides: key=value settings applied on top, e.g. group_size=4 or method.tau_low=0.3
+        overrides: key=value settings applied on top of the preset or file, e.g. group_size=4
         iterations: how many iterations this advance adds to the line
         home: run home: stage folders, lines, summaries and, without a tracking server, the MLflow store
         tracking_uri: MLflow tracking server (empty: the servers of `visplay up` for this home, else local)
@@ -42,18 +55,47 @@ def visplay_nightly(line: str = "nightly", preset: Preset = "demo", config_path:
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # a flow run is a process of its own
     use_servers(Path(home))
-    config = load_config(config_path or preset, overrides)
+    if overrides and not (config_path or preset):
+        raise LineError("overrides change a configuration, and a line keeps its own: give them with the preset "
+                        "or file of a new line")
+    config = load_config(config_path or preset, overrides) if config_path or preset else None
     return advance_line(config, Path(home).resolve(), line, iterations, "flows/deploy.py:visplay_nightly")
 
 
-def serve(home: str, cron: str, timezone: str) -> None:
-    """Serve the deployment from this process until interrupted: nightly at ``cron`` in ``timezone``, at most
-    one run at a time (a deployment concurrency limit of 1: a second trigger waits for the first)."""
+def next_runs(cron: str, timezone: str, n: int = 1) -> list:
+    """The schedule's next ``n`` run times, in its time zone (as Prefect's scheduler computes them)."""
+    from prefect.server.schemas.schedules import CronSchedule
+
+    return asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=n))
+
+
+def schedule_plan(home: str, line: str, source: str, iterations: int, cron: str, timezone: str) -> str:
+    """What the schedule will run, in words: the line, its configuration, the next run's time and time zone.
+    Raises ``ConfigError``/``LineError`` for a schedule that would fail every night (a configuration the line
+    did not grow from, or none for a line not started)."""
+    config = line_config(Path(home).resolve(), line, load_config(source) if source else None)
+    state = read_line(Path(home).resolve(), line)
+    first, target = line_span(state, iterations)
+    when = next_runs(cron, timezone)[0]
+    digest = config.model_copy(update={"iterations": 1}).digest()
+    return (f"serving {visplay_nightly.name}/{DEPLOYMENT}: line {line}, {iterations} iteration"
+            f"{'s' if iterations > 1 else ''} a run, configuration {config.preset} {digest} "
+            f"({f'{first} iterations finished' if state else 'a new line'})\n"
+            f"schedule '{cron}' in {timezone}: next run {when:%Y-%m-%d %H:%M %Z}, {line_run_name(line, first, target)}")
+
+
+def serve(home: str, cron: str, timezone: str, line: str = "nightly", source: str = "", iterations: int = 1) -> None:
+    """Serve the deployment from this process until interrupted: nightly at ``cron`` in ``timezone``, each run
+    advancing ``line`` by ``iterations`` (``source``, a preset or YAML file, for a new line; empty: the
+    line's own configuration), at most one run at a time (a deployment concurrency limit of 1: a second
+    trigger waits for the first)."""
     from prefect.schedules import Cron
 
+    print(schedule_plan(home, line, source, iterations, cron, timezone), flush=True)
     # Served from source, as a work-pool worker runs it: each run imports the code afresh (a flow object
     # handed to a run by cloudpickle loses its subflows' postponed annotations).
-    source = Path(__file__).resolve().parent.parent
-    nightly = visplay_nightly.from_source(str(source), "flows/deploy.py:visplay_nightly")
+    root = Path(__file__).resolve().parent.parent
+    nightly = visplay_nightly.from_source(str(root), "flows/deploy.py:visplay_nightly")
+    config = {"preset": source} if source in preset_names() else {"config_path": str(Path(source).resolve())} if source else {}
     nightly.serve(name=DEPLOYMENT, schedule=Cron(cron, timezone=timezone), global_limit=1,
-                  parameters={"home": str(Path(home).resolve())})
+                  parameters={"home": str(Path(home).resolve()), "line": line, "iterations": iterations, **config})

@@ -16,11 +16,10 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from matplotlib.figure import Figure
-from mlflow.tracking import MlflowClient
 
 from flows import report
 from flows.self_evolution import self_evolution
-from tasks.tracking import experiment_id, open_run, tracking_uri
+from tasks.tracking import experiment_id, open_run, tracking_client, tracking_uri
 from visplay_core.config import load_config
 from visplay_core.io import write_json
 from visplay_core.measure import eval_items, gain_or_loss
@@ -238,7 +237,7 @@ def gain_plot(comparison: dict) -> bytes:
 
 
 def _log_to_mlflow(home: Path, name: str, out: Path) -> None:
-    client = MlflowClient(tracking_uri(home))
+    client = tracking_client(tracking_uri(home))
     run_id = open_run(client, experiment_id(client, home), f"experiment-{name}",
                       {"visplay.level": "experiment", "visplay.experiment": name})
     client.log_artifacts(run_id, str(out))

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tasks.tracking import EXPERIMENT, finished_stage, tracking_uri
+from tasks.tracking import EXPERIMENT, finished_stage, tracking_client, tracking_uri
 from visplay_core import world
 from visplay_core.corpus import Manifest, scenes_by_id
 from visplay_core.io import read_jsonl
@@ -312,7 +311,7 @@ def _stage_file(home: Path, stage: str, key: str, name: str, scratch: Path) -> P
     local = home / "stages" / f"{stage}-{key}" / name
     if local.exists():
         return local
-    client = MlflowClient(tracking_uri(home))
+    client = tracking_client(tracking_uri(home))
     experiment = client.get_experiment_by_name(EXPERIMENT)
     found = finished_stage(client, experiment.experiment_id, key) if experiment else None
     if found is None:

@@ -24,11 +24,11 @@ from pydantic import BaseModel
 
 from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_generation, confidence_scoring,
                           question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
-from mlflow.tracking import MlflowClient
 
 from flows import report
 from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_tags, log_dataset, log_iteration,
-                            log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder, tracking_uri)
+                            log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder, tracking_client,
+                            tracking_uri)
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
@@ -126,46 +126,90 @@ def run_name_for(config: VisPlayConfig) -> str:
     return f"{config.preset}-{config.digest()[:8]}"
 
 
-@flow(name="self-evolution")
+def _run_name() -> str:
+    """The flow run's name, from its parameters: given at its start, before its first log line."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return params.get("run_name") or run_name_for(VisPlayConfig.model_validate(params["config"]))
+
+
+@flow(name="self-evolution", flow_run_name=_run_name)
 def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str | None = None) -> dict:
     """Run (or resume) K iterations of VisPlay self-evolution; returns the run summary. One run of a name
     at a time: a second one started while the first is in flight fails at once (``RunInProgressError``)."""
     home_path = Path(home).resolve()
     run = run_name or run_name_for(config)
     with run_lock(home_path, run):
-        _name_flow_run(run)
         return evolve(config, home_path, run, run, "flows/self_evolution.py:self_evolution")
 
 
 class LineError(ValueError):
-    """A line of evolution asked to go on with another configuration than the one it grew from."""
+    """A line of evolution that cannot go on as asked: another configuration than the one it grew from, or
+    none known."""
 
 
-def advance_line(config: VisPlayConfig, home: Path, line: str, iterations: int, entry_point: str) -> dict:
-    """Run the next ``iterations`` iterations of the line of evolution ``line`` (in the calling flow); returns
-    the line's summary, every iteration so far.
+def read_line(home: Path, line: str) -> dict | None:
+    """What ``HOME/lines/<line>.json`` records of a line (None for a line not started)."""
+    path = home / "lines" / f"{line}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
-    A line is the run named ``line`` whose iteration count grows: ``HOME/lines/<line>.json`` records the
-    configuration it grows from (its digest, iterations aside), the iterations it finished and those its
-    last advance set out to reach. An advance goes on from the last finished iteration's Questioner and
-    Reasoner (restored from their stages) on each new iteration's own draw of images, exactly as one run of
-    all the iterations would; a failed advance is completed by the next one before it goes further.
-    """
-    with run_lock(home, line):
-        path = home / "lines" / f"{line}.json"
-        state = json.loads(path.read_text()) if path.exists() else None
+
+def line_config(home: Path, line: str, config: VisPlayConfig | None = None) -> VisPlayConfig:
+    """The configuration the line grows from: ``config`` when given (refused if the line grew from another),
+    else the line's own (a line not started needs one)."""
+    state = read_line(home, line)
+    if config is not None:
         digest = config.model_copy(update={"iterations": 1}).digest()
         if state and state["config"] != digest:
             raise LineError(f"line {line} grows from another configuration ({state['preset']}, {state['config']}, "
                             f"not {config.preset}, {digest}): give this configuration a line of its own")
-        finished, target = (state["finished"], state["target"] + iterations) if state else (0, iterations)
-        record = {"line": line, "preset": config.preset, "config": digest, "finished": finished, "target": target}
-        write_json(path, record)
-        name = f"{line}-iteration-{target}" if target == finished + 1 else f"{line}-iterations-{finished + 1}-{target}"
-        _name_flow_run(name)
+        return config
+    if state is None:
+        raise LineError(f"line {line} has not started in {home}: give the configuration it starts from "
+                        "(a preset or a YAML file)")
+    if "settings" not in state:
+        raise LineError(f"line {line} was started before lines recorded their configuration: give the one it "
+                        f"grows from ({state['preset']}, {state['config']}) once")
+    return VisPlayConfig.model_validate(state["settings"])
+
+
+def line_span(state: dict | None, iterations: int) -> tuple[int, int]:
+    """(iterations the line finished, the iteration an advance by ``iterations`` reaches): a failed advance's
+    iterations are run first."""
+    return (state["finished"], state["target"] + iterations) if state else (0, iterations)
+
+
+def line_run_name(line: str, finished: int, target: int) -> str:
+    """The name of the advance of ``line`` from iteration ``finished`` to ``target``."""
+    return f"{line}-iteration-{target}" if target == finished + 1 else f"{line}-iterations-{finished + 1}-{target}"
+
+
+def advance_line(config: VisPlayConfig | None, home: Path, line: str, iterations: int, entry_point: str) -> dict:
+    """Run the next ``iterations`` iterations of the line of evolution ``line`` (in the calling flow); returns
+    the line's summary, every iteration so far.
+
+    A line is the run named ``line`` whose iteration count grows: ``HOME/lines/<line>.json`` records the
+    configuration it grows from (in full, and its digest, iterations aside), the iterations it finished and
+    those its last advance set out to reach. ``config`` None: the line's own. An advance goes on from the last
+    finished iteration's Questioner and Reasoner (restored from their stages) on each new iteration's own
+    draw of images, exactly as one run of all the iterations would; a failed advance is completed by the
+    next one before it goes further.
+    """
+    with run_lock(home, line):
+        state = read_line(home, line)
+        config = line_config(home, line, config)
+        once = config.model_copy(update={"iterations": 1})
+        finished, target = line_span(state, iterations)
+        record = {"line": line, "preset": config.preset, "config": once.digest(), "settings": once.model_dump(mode="json"),
+                  "finished": finished, "target": target}
+        write_json(home / "lines" / f"{line}.json", record)
+        name = line_run_name(line, finished, target)
+        get_run_logger().info("line %s: iterations %d to %d (%d finished), configuration %s %s", line, finished + 1,
+                              target, finished, config.preset, record["config"])
         summary = evolve(config.model_copy(update={"iterations": target}), home, line, name, entry_point,
                          _finished_iterations(home, line, finished))
-        write_json(path, {**record, "finished": target})
+        write_json(home / "lines" / f"{line}.json", {**record, "finished": target})
         return summary
 
 
@@ -174,15 +218,6 @@ def _finished_iterations(home: Path, line: str, finished: int) -> list[dict]:
     path = home / "runs" / line / "summary.json"
     rows = json.loads(path.read_text())["iterations"] if path.exists() else []
     return rows if [r["iteration"] for r in rows] == list(range(1, finished + 1)) else []
-
-
-def _name_flow_run(name: str) -> None:
-    """Rename the Prefect flow run this runs in (its name is known only once the line's state is read)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run.id, name=name)
 
 
 def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str,
@@ -195,7 +230,7 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
     logger = get_run_logger()
     start = time.time()
     uri = tracking_uri(home_path)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp = experiment_id(client, home_path)
     tags = link_tags(entry_point)
     run_id = client.create_run(exp, run_name=mlflow_name, tags={

@@ -2,8 +2,11 @@
 
 Each server runs in a process group of its own (a new session), bound to 127.0.0.1 unless asked
 otherwise, with its state under HOME (``prefect/`` for Prefect's database, ``mlflow.db`` and
-``mlartifacts/`` for MLflow, ``logs/``). Their pids, ports and URLs go to ``HOME/servers.json``: ``down``
-stops exactly those process groups, and ``use_servers`` points a run at them.
+``mlartifacts/`` for MLflow, ``logs/``), readable by its owner only. Either database may instead be a
+database server's (PostgreSQL, as Prefect and MLflow recommend for teams): ``up`` takes their URLs once and
+the home remembers them (``HOME/databases.json``, mode 0600) for every later ``up``. The servers' pids,
+ports and URLs go to ``HOME/servers.json``: ``down`` stops exactly those process groups, and
+``use_servers`` points a run at them.
 
 A server counts as up only when its health check answers *and* its own process group listens on its
 port: a port taken by another program (another home's servers) fails ``up`` with the port and its holder
@@ -33,11 +36,23 @@ from visplay_core.io import write_json
 
 SERVERS_FILE = "servers.json"
 CREDENTIALS_FILE = "credentials.json"
+DATABASES_FILE = "databases.json"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+OWNER_ONLY = 0o077  # the servers' umask: their databases, artifacts and logs are their owner's alone
 
 
 class ServerError(RuntimeError):
     """A server could not be started, or something else answers in its place."""
+
+
+def _write_private(path: Path, data: dict) -> None:
+    """``data`` as JSON in ``path`` (mode 0600), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def credentials(home: Path) -> dict[str, str]:
@@ -47,13 +62,37 @@ def credentials(home: Path) -> dict[str, str]:
         return json.loads(path.read_text())
     creds = {"prefect_auth_string": f"visplay:{secrets.token_urlsafe(24)}", "mlflow_username": "visplay",
              "mlflow_password": secrets.token_urlsafe(24), "mlflow_secret_key": secrets.token_urlsafe(32)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f, indent=1)
-    os.replace(tmp, path)
+    _write_private(path, creds)
     return creds
+
+
+def databases(home: Path, prefect: str | None = None, mlflow: str | None = None) -> dict[str, str]:
+    """The servers' database URLs: those given (then remembered in HOME/databases.json, mode 0600), else those
+    remembered; a server with none keeps its SQLite file under HOME."""
+    path = Path(home) / DATABASES_FILE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    given = {name: url for name, url in (("prefect", prefect), ("mlflow", mlflow)) if url}
+    if given and {**known, **given} != known:
+        known = {**known, **given}
+        _write_private(path, known)
+    return known
+
+
+def prefect_database_url(url: str) -> str:
+    """A PostgreSQL URL as Prefect's server takes it (its asyncpg driver named); other URLs unchanged."""
+    for scheme in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme):]
+    return url
+
+
+def _owner_only(home: Path) -> None:
+    """Make the servers' stores and logs a home already holds (from before) readable by their owner only: a
+    folder of mode 0700 closes all it holds."""
+    for name in ("mlflow.db", "mlflow-auth.db", "mlflow-auth.ini", "prefect", "logs", "mlartifacts"):
+        path = home / name
+        if path.exists():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _mlflow_auth_config(home: Path, username: str) -> Path:
@@ -65,14 +104,17 @@ def _mlflow_auth_config(home: Path, username: str) -> Path:
     return path
 
 
-def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int, creds: dict | None) -> dict[str, dict]:
+def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int, creds: dict | None,
+           dbs: dict[str, str]) -> dict[str, dict]:
     """How to start each server: command, extra environment, its port, the URL clients use and its health
-    check. ``creds``: require authentication with these credentials."""
+    check. ``creds``: require authentication with these credentials; ``dbs``: database URLs by server."""
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     prefect_url, mlflow_url = f"http://{connect}:{prefect_port}", f"http://{connect}:{mlflow_port}"
     prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if dbs.get("prefect"):
+        prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url(dbs["prefect"])
     mlflow_argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
-                   "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                   "--workers", "1", "--backend-store-uri", dbs.get("mlflow") or f"sqlite:///{home / 'mlflow.db'}",
                    "--artifacts-destination", str(home / "mlartifacts")]
     mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_TELEMETRY": "false"}
     if creds:
@@ -202,17 +244,19 @@ def _record(home: Path, servers: dict) -> None:
 
 
 def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_port: int = 5000,
-       timeout: float = 180) -> dict:
+       timeout: float = 180, prefect_database: str | None = None, mlflow_database: str | None = None) -> dict:
     """Start the home's servers that are not up (both, or the one that died) and wait until both answer
-    from their own processes. Raises ``ServerError`` naming the port and its holder when a port is taken."""
+    from their own processes. Raises ``ServerError`` naming the port and its holder when a port is taken.
+    ``*_database``: a database URL for that server (remembered by the home; default its SQLite file)."""
     home = Path(home).resolve()
+    dbs = databases(home, prefect_database, mlflow_database)
     auth = host not in LOOPBACK
     current = read_servers(home) or {}
     servers = {n: s for n, s in current.items() if s.get("auth", False) == auth and answering(s)}
     for name in set(current) - set(servers):  # whatever a previous `up` left half-started
         _stop(current[name], 15)
-    specs = {n: spec for n, spec in _specs(home, host, prefect_port, mlflow_port, credentials(home) if auth else None).items()
-             if n not in servers}
+    specs = {n: spec for n, spec in _specs(home, host, prefect_port, mlflow_port, credentials(home) if auth else None,
+                                           dbs).items() if n not in servers}
     _record(home, servers)
     for name, spec in specs.items():
         holder = port_holder(host, spec["port"])
@@ -220,12 +264,14 @@ def up(home: Path, host: str = "127.0.0.1", prefect_port: int = 4200, mlflow_por
             raise ServerError(f"port {spec['port']} (for {name}) is taken by {holder}; stop it or pick another "
                               f"port (--{name}-port)")
     (home / "logs").mkdir(parents=True, exist_ok=True)
+    _owner_only(home)
     procs = {}
     for name, spec in specs.items():
         log = home / "logs" / f"{name}-server.log"
-        with open(log, "ab") as out:
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             procs[name] = subprocess.Popen(spec["argv"], env={**os.environ, **spec["env"]}, stdout=out,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                           umask=OWNER_ONLY)
         pid = procs[name].pid
         servers[name] = {"pid": pid, "started": psutil.Process(pid).create_time(), "port": spec["port"],
                          "url": spec["url"], "api": spec["api"], "health": spec["health"], "log": str(log), "auth": auth}

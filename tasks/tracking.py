@@ -10,7 +10,9 @@ the artifacts from MLflow. Anything less than complete (an exception, Ctrl-C, SI
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import http.client
 import logging
 import json
 import os
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +37,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
+from requests.exceptions import ChunkedEncodingError, ConnectionError as RequestsConnectionError
+from urllib3.exceptions import ProtocolError
 
 from visplay_core.config import VisPlayConfig
 from visplay_core.io import atomic_dir, write_json
@@ -41,6 +46,80 @@ from visplay_core.io import atomic_dir, write_json
 EXPERIMENT = "visplay"
 DONE = "_COMPLETE"
 ROOT = Path(__file__).resolve().parent.parent
+RETRY_SECONDS = 300  # how long an MLflow call waits for its server to answer again
+REQUEST_TAG = "visplay.request"  # a token on what a create call makes, so that its repetition finds it
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether an MLflow call failed for want of an answer (refused or reset connection, a response cut short
+    mid-way), not because the server answered with an error."""
+    while error is not None:
+        if isinstance(error, (RequestsConnectionError, ChunkedEncodingError, ProtocolError, http.client.HTTPException,
+                              ConnectionError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _repeat(call: Callable, *args, made: Callable[[], Any] | None = None, **kwargs):
+    """``call(*args, **kwargs)``, repeated while it is interrupted (for up to ``RETRY_SECONDS``). ``made()``: for a
+    call that creates something, what an interrupted attempt may have created already (None if nothing)."""
+    deadline, attempts = time.monotonic() + RETRY_SECONDS, 0
+    while True:
+        try:
+            found = made() if made is not None and attempts else None
+            return found if found is not None else call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only interruptions are repeated
+            if not interrupted(e) or time.monotonic() > deadline:
+                raise
+            attempts += 1
+            logging.getLogger("visplay").warning("MLflow call %s interrupted (%s); repeating it", call.__name__,
+                                                 type(e).__name__)
+            time.sleep(1.0)
+
+
+class ResilientClient(MlflowClient):
+    """An ``MlflowClient`` whose calls survive a tracking server that dies at any moment, a request's answer
+    cut short included: an interrupted call is repeated until the server answers again. Repeating is safe:
+    logging metrics, params and tags again changes nothing (MLflow drops exact duplicates), artifacts are
+    overwritten, and what a create call makes carries a token (tag ``visplay.request``) that its repetition
+    looks for before creating it again."""
+
+    def __getattribute__(self, name: str):
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or name in _CREATES or not callable(attr):
+            return attr
+        return functools.partial(_repeat, attr)
+
+    def create_run(self, experiment_id, start_time=None, tags=None, run_name=None):
+        token = uuid.uuid4().hex
+        create = super().create_run
+
+        def made():
+            found = MlflowClient.search_runs(self, [experiment_id], f"tags.`{REQUEST_TAG}` = '{token}'", max_results=1)
+            return found[0] if found else None
+
+        return _repeat(create, experiment_id, start_time, {**(tags or {}), REQUEST_TAG: token}, run_name, made=made)
+
+    def create_logged_model(self, experiment_id, name=None, source_run_id=None, tags=None, params=None, model_type=None):
+        token = uuid.uuid4().hex
+        create = super().create_logged_model
+
+        def made():
+            found = MlflowClient.search_logged_models(self, [experiment_id], f"tags.`{REQUEST_TAG}` = '{token}'",
+                                                      max_results=1)
+            return found[0] if found else None
+
+        return _repeat(create, experiment_id, name, source_run_id, {**(tags or {}), REQUEST_TAG: token}, params,
+                       model_type, made=made)
+
+
+_CREATES = {"create_run", "create_logged_model"}
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """The MLflow client of every visplay process (see ``ResilientClient``)."""
+    return ResilientClient(uri)
 
 
 class RunContext(BaseModel):
@@ -56,7 +135,7 @@ class RunContext(BaseModel):
 
     @property
     def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+        return tracking_client(self.tracking_uri)
 
 
 class StageResult(BaseModel):
@@ -110,7 +189,12 @@ def experiment_id(client: MlflowClient, home: Path) -> str:
     if found is not None:
         return found.experiment_id
     local = not os.environ.get("MLFLOW_TRACKING_URI")
-    return client.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
+    except MlflowException as e:  # another run created it meanwhile (or this one, in an interrupted request)
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def link_tags(entry_point: str) -> dict[str, str]:

@@ -3,10 +3,8 @@ MLflow server (started here, SQLite behind it, its registry) and the real tiny m
 
 import json
 import os
+import re
 import shutil
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -14,12 +12,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows import cli
-from flows.deploy import visplay_nightly
+from flows.deploy import schedule_plan, visplay_nightly
 from flows.self_evolution import STAGES, LineError, self_evolution
 from tasks import stages as stage_tasks
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config, preset_names
-from tests.net import free_port
+from tests.net import mlflow_server as start_mlflow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 OVERRIDES = ["eval.limit=12"]
@@ -29,26 +27,11 @@ LINE = "night"
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on a free loopback port, its store a SQLite file; MLFLOW_TRACKING_URI points at it."""
-    root = tmp_path_factory.mktemp("mlflow")
-    url = f"http://127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-                               "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"],
-                              cwd=root, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=open(root / "log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, (root / "log").read_text()[-2000:]
-            time.sleep(0.5)
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    yield url
-    del os.environ["MLFLOW_TRACKING_URI"]
-    os.killpg(server.pid, 15)
-    server.wait(30)
+    """A real MLflow server (SQLite behind it); MLFLOW_TRACKING_URI points at it."""
+    with start_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        yield url
+        del os.environ["MLFLOW_TRACKING_URI"]
 
 
 def _keys(summary):
@@ -197,7 +180,7 @@ def test_a_failed_advance_is_completed_by_the_next(line, monkeypatch):
         visplay_nightly(line=LINE, preset="smoke", overrides=OVERRIDES, home=str(home))
     assert json.loads((home / "lines" / f"{LINE}.json").read_text())["target"] == 3
     monkeypatch.setattr(stage_tasks, "curate", real_curate)
-    assert cli.main(["advance", "--line", LINE, "--config", "smoke", "--set", *OVERRIDES, "--home", str(home)]) == 0
+    assert cli.main(["advance", "--line", LINE, "--home", str(home)]) == 0  # the line's own configuration
     resumed = json.loads((home / "summary.json").read_text())
     assert [it["iteration"] for it in resumed["iterations"]] == [1, 2, 3, 4]
     cached = {name for name, s in resumed["iterations"][2]["stages"].items() if s["cached"]}
@@ -209,7 +192,7 @@ def test_an_advance_goes_on_from_checkpoints_kept_only_in_mlflow(line):
     home = line[0]
     before = json.loads((home / "summary.json").read_text())["iterations"]
     shutil.rmtree(home / "stages")
-    after = visplay_nightly(line=LINE, preset="smoke", overrides=OVERRIDES, home=str(home))["iterations"]
+    after = visplay_nightly(line=LINE, home=str(home))["iterations"]  # as a run of the form left at its defaults
     assert after[:-1] == before and after[-1]["iteration"] == len(before) + 1
     assert not any(s["cached"] for s in after[-1]["stages"].values())
     last = before[-1]["stages"]
@@ -226,8 +209,28 @@ def test_a_line_keeps_its_configuration(line):
         cli.main(["advance", "--line", LINE, "--config", "demo", "--home", str(home)])
 
 
+def test_a_schedule_says_what_it_advances_and_refuses_a_line_it_would_fail_every_night(tmp_path):
+    plan = schedule_plan(str(tmp_path), "fresh", "smoke", 2, "30 1 * * *", "Asia/Tokyo").splitlines()
+    digest = load_config("smoke").model_copy(update={"iterations": 1}).digest()
+    assert plan[0] == f"serving visplay-nightly/nightly: line fresh, 2 iterations a run, configuration smoke {digest} (a new line)"
+    assert re.fullmatch(r"schedule '30 1 \* \* \*' in Asia/Tokyo: next run \d{4}-\d\d-\d\d 01:30 JST, fresh-iterations-1-2", plan[1])
+    with pytest.raises(LineError, match="line fresh has not started"):
+        schedule_plan(str(tmp_path), "fresh", "", 1, "30 1 * * *", "UTC")
+    settings = load_config("smoke").model_copy(update={"iterations": 1})
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "old.json").write_text(json.dumps(
+        {"line": "old", "preset": "smoke", "config": digest, "settings": settings.model_dump(mode="json"),
+         "finished": 3, "target": 3}))
+    plan = schedule_plan(str(tmp_path), "old", "", 1, "0 2 * * *", "UTC").splitlines()  # the line's own
+    assert plan[0].endswith(f"configuration smoke {digest} (3 iterations finished)") and plan[1].endswith("old-iteration-4")
+    with pytest.raises(LineError, match="line old grows from another configuration"):
+        schedule_plan(str(tmp_path), "old", "demo", 1, "0 2 * * *", "UTC")
+
+
 @pytest.mark.parametrize("args, message", [(["--config", "nope"], "no such file or preset"),
-                                           (["--config", "smoke", "--iterations", "0"], "at least 1")])
+                                           (["--config", "smoke", "--iterations", "0"], "at least 1"),
+                                           (["--set", "group_size=2"], "a line keeps its own"),
+                                           ([], "line x has not started in .*: give the configuration it starts from")])
 def test_advance_refuses_bad_arguments_before_any_flow(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         cli.main(["advance", "--line", "x", "--home", str(tmp_path), *args])
@@ -238,7 +241,7 @@ def test_the_run_form():
     from prefect.utilities.callables import parameter_schema
 
     form = parameter_schema(visplay_nightly).model_dump()["properties"]
-    assert form["preset"]["enum"] == preset_names() and form["preset"]["default"] == "demo"
+    assert form["preset"]["enum"] == ["", *preset_names()] and form["preset"]["default"] == ""  # "": the line's own
     assert form["iterations"] == {**form["iterations"], "type": "integer", "minimum": 1, "default": 1}
     assert not any("anyOf" in p or p.get("type") == "null" for p in form.values())  # no "Property is type None"
     assert "run_name" not in form and form["line"]["default"] == "nightly"

@@ -5,6 +5,7 @@ refused by the run lock; `visplay report`; and `visplay down` leaving no process
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,14 +80,17 @@ def served(servers):
     the same name, and a command-line run of a name whose lock is held. What the tests look at is read from
     Prefect here, once."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home, info = servers
     log = open(home / "serve.log", "w")
-    serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(home), "--timezone", "Europe/Paris"], cwd=ROOT,
-                             env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},  # picks the run up at once
+    serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(home), "--timezone", "Europe/Paris", "--line", RUN,
+                              "--config", "smoke"], cwd=ROOT,
+                             env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # picks the run up at once
+                                  "PREFECT_LOGGING_LEVEL": "INFO"},  # the run's log, as a user reads it
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     start = time.time()
     try:
@@ -113,6 +117,8 @@ def served(servers):
             keys = [f"{RUN}-mlflow", *(f"{RUN}-iteration-{k}{suffix}" for k in range(1, ITERATIONS + 1)
                                        for suffix in ("", "-questions"))]
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])),
+                                    sort=LogSort.TIMESTAMP_ASC)
         seconds = time.time() - start
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
@@ -123,7 +129,8 @@ def served(servers):
         log.close()
     print(f"served run: {seconds:.0f} s from `visplay serve` to completion")
     return {"home": home, "info": info, "deployment": found, "flow_run": final, "second": second, "cli": cli,
-            "artifacts": {a.key: a for a in artifacts}}
+            "artifacts": {a.key: a for a in artifacts}, "logs": [entry.message for entry in logs],
+            "serve_log": (home / "serve.log").read_text()}
 
 
 def test_up_serves_both_on_loopback(servers):
@@ -137,6 +144,14 @@ def test_up_serves_both_on_loopback(servers):
     import urllib.request
     assert urllib.request.urlopen(info["prefect"]["health"]).read() == b"true"
     assert urllib.request.urlopen(info["mlflow"]["health"]).read() == b"OK"
+
+
+def test_the_servers_stores_and_logs_are_their_owners_alone(servers):
+    home, _ = servers
+    for name in ("mlflow.db", "prefect", "prefect/prefect.db", "logs", "logs/mlflow-server.log",
+                 "logs/prefect-server.log"):
+        mode = (home / name).stat().st_mode
+        assert mode & 0o077 == 0, f"{name}: {oct(mode & 0o777)}"
 
 
 def test_up_beside_another_homes_servers_fails_naming_the_port_and_its_holder(servers, tmp_path):
@@ -262,13 +277,27 @@ def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     [schedule] = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Paris")
     assert deployment.global_concurrency_limit.limit == 1
-    assert deployment.parameters == {"home": str(served["home"].resolve())}
+    assert deployment.parameters == {"home": str(served["home"].resolve()), "line": RUN, "iterations": 1, "preset": "smoke"}
     form = deployment.parameter_openapi_schema["properties"]
-    assert form["preset"]["enum"] == preset_names() and form["preset"]["default"] == "demo"
+    assert form["preset"]["enum"] == ["", *preset_names()] and form["preset"]["default"] == ""
     assert form["overrides"]["type"] == "array" and form["overrides"]["items"] == {"type": "string"}
     assert form["iterations"]["minimum"] == 1 and form["line"]["default"] == "nightly"
     assert {"config_path", "home", "tracking_uri"} <= set(form) and "run_name" not in form
     assert all(p.get("description") for p in form.values())
+
+
+def test_serve_says_what_it_runs_and_when(served):
+    plan = served["serve_log"].splitlines()[:2]
+    assert plan[0].startswith(f"serving visplay-nightly/nightly: line {RUN}, 1 iteration a run, configuration smoke ")
+    assert plan[0].endswith("(a new line)")
+    assert re.fullmatch(r"schedule '0 2 \* \* \*' in Europe/Paris: next run \d{4}-\d\d-\d\d 02:00 CES?T, "
+                        f"{RUN}-iteration-1", plan[1]), plan
+
+
+def test_a_run_the_form_started_is_named_from_its_first_log_line(served):
+    logs = served["logs"]
+    assert logs[0] == f"Beginning flow run '{RUN}-iterations-1-{ITERATIONS}' for flow 'visplay-nightly'", logs[:3]
+    assert logs[1].startswith(f"line {RUN}: iterations 1 to {ITERATIONS} (0 finished), configuration smoke "), logs[:3]
 
 
 def test_triggered_run_completes_and_logs_to_the_mlflow_server(served):
@@ -339,6 +368,35 @@ def test_report_page_has_every_iteration_even_with_stage_folders_gone(served, tm
         assert 'class=thumb' in section
     for plot in ("accuracy.png", "pseudo_label_accuracy.png"):
         assert f'alt="{plot}" src="data:image/png;base64,' in page
+
+
+def test_four_runs_at_once_against_one_pair_of_servers(servers):
+    """A team's sweeps and nights share one pair of servers: four runs at once all finish, with every MLflow
+    run finished and neither server failing a request (no "database is locked", no HTTP 500)."""
+    home, info = servers
+    logs = {name: Path(server["log"]) for name, server in info.items()}
+    seen = {name: log.stat().st_size for name, log in logs.items()}
+    names = [f"side-by-side-{seed}" for seed in range(21, 25)]
+    runs = [subprocess.Popen([*VISPLAY, "run", "--config", "smoke", "--set", "iterations=1", "--set", "eval.limit=12",
+                              "--set", "eval.votes=0", "--set", f"seed={name.rsplit('-', 1)[1]}", "--name", name,
+                              "--home", str(home)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in names]
+    done = [(run, *run.communicate(timeout=1200)) for run in runs]
+    for run, out, err in done:
+        assert run.returncode == 0, err[-3000:]
+    client = MlflowClient(info["mlflow"]["api"])
+    experiment = client.get_experiment_by_name("visplay").experiment_id
+    for name in names:
+        recorded = client.search_runs([experiment], f"tags.`visplay.run` = '{name}'", max_results=1000)
+        assert recorded and {r.info.status for r in recorded} == {"FINISHED"}, name
+        stages = [r for r in recorded if r.data.tags.get("visplay.complete") == "true"]
+        assert len(stages) == 1 + len(STAGES), name
+    for name, log in logs.items():
+        with open(log) as f:
+            f.seek(seen[name])
+            text = f.read()
+        assert "database is locked" not in text and not re.search(r'" 500 |HTTP/1.1" 500|500 Internal Server Error', text), \
+            f"{name} server: {text[-3000:]}"
 
 
 def test_down_leaves_no_process(servers):
