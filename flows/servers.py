@@ -17,6 +17,7 @@ into ``HOME/credentials.json`` (mode 0600), which ``use_servers`` hands to Prefe
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
 
@@ -312,27 +314,58 @@ def use_servers(home: Path) -> dict | None:
 
 
 def start_temporary_prefect() -> Callable[[], None]:
-    """With no Prefect server configured, Prefect starts a temporary one at the first flow run and waits about
-    3 s for it to answer. Start that same server (Prefect's ``SubprocessASGIServer``, which the flow then
-    finds running) now, from a thread, so that it boots while the flows import; returns a function that waits
-    for it. A start that fails here is tried again, and reported, by Prefect at the flow run."""
+    """With no Prefect server configured, Prefect starts a temporary one at the first flow run and waits for it
+    to answer (its boot takes about 5 s of CPU, and importing the code of the ``SubprocessASGIServer`` that
+    starts it about 3 s more in this process). Start that same server (its command) at once instead, before
+    Prefect is imported here, so that it boots while this process imports, and point this process and its
+    children at it; returns a function that waits for it. Like Prefect's, it serves no UI: no Prefect link is
+    made. It is stopped at exit; at once when Prefect's settings name a server (a profile) or rule temporary
+    ones out; and when it does not answer in time, which leaves Prefect to start (and report on) its own at
+    the flow run."""
+    if os.environ.get("PREFECT_API_URL"):
+        return lambda: None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(find_spec("prefect").origin).parent.parent),
+         "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    atexit.register(_stop_temporary, server)
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
+        _stop_temporary(server)
         return lambda: None
+    pointed = {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", **({} if settings.ui_url else {"PREFECT_UI_URL": ""})}
+    os.environ.update(pointed)
+    refresh_global_settings_context()
 
-    from prefect.server.api.server import SubprocessASGIServer  # here: imports in a thread would share the GIL
+    def ready() -> None:
+        deadline = time.time() + settings.server.ephemeral.startup_timeout_seconds
+        while not _answers(f"{pointed['PREFECT_API_URL']}/health"):
+            if server.poll() is not None or time.time() > deadline:
+                _stop_temporary(server)
+                for key in pointed:
+                    del os.environ[key]
+                refresh_global_settings_context()
+                return
+            time.sleep(0.1)
 
-    def start():
+    return ready
+
+
+def _stop_temporary(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
         try:
-            SubprocessASGIServer().start()
-        except Exception:  # noqa: BLE001 - Prefect retries at the flow run and raises its own error there
-            pass
-
-    thread = threading.Thread(target=start, name="prefect-temporary-server", daemon=True)
-    thread.start()
-    return thread.join
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def watch_prefect(api: str, grace: float, on_lost: Callable[[str], None], interval: float = 1.0) -> bool:

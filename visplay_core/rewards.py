@@ -13,6 +13,7 @@ or 0.9 * accuracy + 0.1 * format (official code).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -20,13 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sacrebleu.metrics import BLEU
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from .answers import answers_match, extract_answer, extract_question, normalize_answer
 from .method import UNANSWERABLE_VOTE_SHARE, BleuForm, MethodConfig, UncertaintyForm
-
-_BLEU = BLEU(effective_order=True)
 
 
 UNANSWERABLE = "none"
@@ -115,9 +112,19 @@ def nltk_sentence_bleu(hypothesis: str, reference: str) -> float:
     return brevity * math.exp(math.fsum(log_precisions))
 
 
+@functools.cache
+def _sacrebleu():
+    """sacrebleu's sentence BLEU with effective order, imported when first scored: a run whose stages are all
+    restored never needs it (nor scipy's clustering below)."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(effective_order=True)
+
+
 def _sacrebleu_distance(a: str, b: str) -> float:
     """1 - BLEU/100 with sacrebleu, averaged over both directions and clipped to [0, 1]."""
-    bleu = (_BLEU.sentence_score(a, [b]).score + _BLEU.sentence_score(b, [a]).score) / 2
+    metric = _sacrebleu()
+    bleu = (metric.sentence_score(a, [b]).score + metric.sentence_score(b, [a]).score) / 2
     return min(max(1 - bleu / 100, 0.0), 1.0)
 
 
@@ -142,6 +149,8 @@ def diversity_penalties(
     a question unlike all others gets 1/len(questions), identical copies of one question all get 1
     (except with "nltk" BLEU for questions of one or two words, whose BLEU with themselves is below 0.5).
     """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
     n = len(questions)
     if n <= 1:
         return [1.0] * n
