@@ -133,16 +133,18 @@ def _watch_prefect(what: str, grace: float) -> None:
 
 class _TracebackOnce(logging.Formatter):
     """On the console, show an error's traceback the first time it is logged only (Prefect logs it again for
-    every task and flow it leaves) and none under warnings (Prefect's clients warn with a traceback when
-    their server goes away). The UI's logs keep every copy."""
+    every task and flow it leaves), and none under warnings or for a lost connection (Prefect's clients and
+    background services log one when their server goes away, which the run reports in its own one line).
+    The UI's logs keep every copy."""
 
-    def __init__(self, inner: logging.Formatter):
+    def __init__(self, inner: logging.Formatter | None):
         super().__init__()
-        self.inner, self.shown = inner, []
+        self.inner, self.shown = inner or logging.Formatter(), []
 
     def format(self, record: logging.LogRecord) -> str:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and (record.levelno < logging.ERROR or any(error is e for e in self.shown)):
+        if error is not None and (record.levelno < logging.ERROR or _lost_connection(error)
+                                  or any(error is e for e in self.shown)):
             record = copy.copy(record)
             record.exc_info = record.exc_text = None
         elif error is not None:
@@ -150,12 +152,24 @@ class _TracebackOnce(logging.Formatter):
         return self.inner.format(record)
 
 
-def _tracebacks_once() -> None:
-    from prefect.logging.handlers import PrefectConsoleHandler
+def _lost_connection(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is a connection refused, reset or cut short."""
+    import httpx
 
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _TracebackOnce):
-            handler.setFormatter(_TracebackOnce(handler.formatter))
+    while error is not None:
+        if isinstance(error, (httpx.TransportError, ConnectionError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _tracebacks_once() -> None:
+    """Every console handler of the loggers Prefect configures (the root's, and its internal services')."""
+    for name in ("", "prefect._internal"):
+        for handler in logging.getLogger(name).handlers:
+            if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                    and not isinstance(handler.formatter, _TracebackOnce)):
+                handler.setFormatter(_TracebackOnce(handler.formatter))
 
 
 def _connect(home: str):

@@ -198,7 +198,7 @@ def test_a_run_whose_prefect_server_dies_exits_promptly_and_its_rerun_resumes(se
     killed = time.time()
     out, err = run.communicate(timeout=120)
     assert run.returncode == 1 and time.time() - killed < PREFECT_GRACE_SECONDS + 15, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-6000:]
     assert err.strip().splitlines()[-1].startswith(f"visplay: the Prefect server at {servers['prefect']['api']} "
                                                    "stopped answering"), err[-3000:]
     up(served_home, prefect_port=servers["prefect"]["port"], mlflow_port=servers["mlflow"]["port"])
@@ -212,7 +212,7 @@ def test_a_run_whose_prefect_server_dies_exits_promptly_and_its_rerun_resumes(se
 def test_serve_stops_within_seconds_once_its_servers_are_down(served_home, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(served_home)], cwd=ROOT, stdout=out,
+        serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(served_home), "--config", "smoke"], cwd=ROOT, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 180
@@ -230,3 +230,34 @@ def test_serve_stops_within_seconds_once_its_servers_are_down(served_home, tmp_p
     assert serve.returncode == 1 and "Traceback" not in text, text
     last = text.strip().splitlines()[-1]
     assert last.startswith("visplay: the Prefect server at http") and last.endswith("; stopped serving"), text
+
+
+def test_the_console_shows_a_traceback_once_and_none_for_a_lost_connection():
+    import io
+    import logging
+
+    import httpx
+
+    from flows.cli import _TracebackOnce
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_TracebackOnce(logging.Formatter("%(levelname)s %(message)s")))
+    logger = logging.getLogger("visplay-test-console")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for error in (httpx.ConnectError("All connection attempts failed"), ValueError("bad")):
+            try:
+                try:
+                    raise error
+                except Exception as inner:
+                    raise RuntimeError("the service failed") from inner
+            except RuntimeError as outer:
+                logger.error("first", exc_info=outer)
+                logger.error("again", exc_info=outer)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.count("Traceback (most recent call last)") == 2  # the ValueError's chain, once: two tracebacks
+    assert "httpx.ConnectError" not in text and "ValueError: bad" in text
