@@ -142,25 +142,16 @@ class _TracebackOnce(logging.Formatter):
         self.inner, self.shown = inner or logging.Formatter(), []
 
     def format(self, record: logging.LogRecord) -> str:
+        from tasks.tracking import interrupted
+
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and (record.levelno < logging.ERROR or _lost_connection(error)
+        if error is not None and (record.levelno < logging.ERROR or interrupted(error)
                                   or any(error is e for e in self.shown)):
             record = copy.copy(record)
             record.exc_info = record.exc_text = None
         elif error is not None:
             self.shown = [*self.shown[-15:], error]
         return self.inner.format(record)
-
-
-def _lost_connection(error: BaseException | None) -> bool:
-    """Whether an error, or one it was raised from, is a connection refused, reset or cut short."""
-    import httpx
-
-    while error is not None:
-        if isinstance(error, (httpx.TransportError, ConnectionError)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _tracebacks_once() -> None:
@@ -228,7 +219,7 @@ def cmd_run(args) -> int:
 def cmd_advance(args) -> int:
     if args.iterations < 1:
         raise SystemExit(f"visplay advance: --iterations must be at least 1 (got {args.iterations})")
-    from visplay_core.config import ConfigError, load_config, preset_names
+    from visplay_core.config import ConfigError, load_config
 
     if args.set and not args.config:
         raise SystemExit("visplay advance: --set changes a configuration, and a line keeps its own: give --set with "
@@ -239,15 +230,14 @@ def cmd_advance(args) -> int:
     except ConfigError as e:
         raise SystemExit(f"visplay advance: {e}")
     ready = _connect(args.home)
-    from flows.deploy import visplay_nightly
+    from flows.deploy import form_source, visplay_nightly
     from flows.self_evolution import LineError
     from tasks.tracking import RunInProgressError
 
     ready()
     try:
-        source = ({} if not args.config else {"preset": args.config} if args.config in preset_names()
-                  else {"config_path": args.config})
-        visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home, **source)
+        visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home,
+                        **form_source(args.config or ""))
     except (ConfigError, LineError, RunInProgressError) as e:
         raise SystemExit(f"visplay advance: {e}")
     return 0

@@ -62,6 +62,14 @@ def visplay_nightly(line: str = "nightly", preset: Preset = "", config_path: str
     return advance_line(config, Path(home).resolve(), line, iterations, "flows/deploy.py:visplay_nightly")
 
 
+def form_source(source: str) -> dict[str, str]:
+    """A preset name or YAML file as the run form's fields (``preset`` or ``config_path``, a file made absolute);
+    none for "" (the line's own configuration)."""
+    if not source:
+        return {}
+    return {"preset": source} if source in preset_names() else {"config_path": str(Path(source).resolve())}
+
+
 def next_runs(cron: str, timezone: str, n: int = 1) -> list:
     """The schedule's next ``n`` run times, in its time zone (as Prefect's scheduler computes them)."""
     from prefect.server.schemas.schedules import CronSchedule
@@ -96,6 +104,6 @@ def serve(home: str, cron: str, timezone: str, line: str = "nightly", source: st
     # handed to a run by cloudpickle loses its subflows' postponed annotations).
     root = Path(__file__).resolve().parent.parent
     nightly = visplay_nightly.from_source(str(root), "flows/deploy.py:visplay_nightly")
-    config = {"preset": source} if source in preset_names() else {"config_path": str(Path(source).resolve())} if source else {}
     nightly.serve(name=DEPLOYMENT, schedule=Cron(cron, timezone=timezone), global_limit=1,
-                  parameters={"home": str(Path(home).resolve()), "line": line, "iterations": iterations, **config})
+                  parameters={"home": str(Path(home).resolve()), "line": line, "iterations": iterations,
+                              **form_source(source)})

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+import httpx
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelOutput, Metric, Param
@@ -50,12 +51,13 @@ RETRY_SECONDS = 300  # how long an MLflow call waits for its server to answer ag
 REQUEST_TAG = "visplay.request"  # a token on what a create call makes, so that its repetition finds it
 
 
-def interrupted(error: BaseException) -> bool:
-    """Whether an MLflow call failed for want of an answer (refused or reset connection, a response cut short
-    mid-way), not because the server answered with an error."""
+def interrupted(error: BaseException | None) -> bool:
+    """Whether a call to a server (MLflow's through requests, Prefect's through httpx) failed for want of an
+    answer (refused or reset connection, a response cut short mid-way), not because the server answered with
+    an error; the error or any it was raised from."""
     while error is not None:
         if isinstance(error, (RequestsConnectionError, ChunkedEncodingError, ProtocolError, http.client.HTTPException,
-                              ConnectionError)):
+                              httpx.TransportError, ConnectionError)):
             return True
         error = error.__cause__ or error.__context__
     return False
