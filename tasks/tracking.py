@@ -120,8 +120,20 @@ _CREATES = {"create_run", "create_logged_model"}
 
 
 def tracking_client(uri: str) -> MlflowClient:
-    """The MLflow client of every visplay process (see ``ResilientClient``)."""
+    """The MLflow client of every visplay process (see ``ResilientClient``). On an embedded SQLite store the
+    first touch creates or migrates its tables; processes started side by side on one home take turns at it
+    (``flock`` on ``<db>.lock``), where they would otherwise race (``duplicate column name``). The client
+    opens its store when made, so the lock comes first."""
+    if uri.startswith("sqlite:///"):
+        _sqlite_store_ready(uri)
     return ResilientClient(uri)
+
+
+@functools.cache
+def _sqlite_store_ready(uri: str) -> None:
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ResilientClient(uri).search_experiments(max_results=1)
 
 
 class RunContext(BaseModel):

@@ -1,7 +1,11 @@
 """MLflow calls interrupted mid-answer, against a real MLflow server behind a proxy that cuts the answer short
 after the server acted on the request: each call is repeated, and repeating it leaves one of each thing."""
 
+import fcntl
 import http.client
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -10,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests.exceptions import ChunkedEncodingError, ConnectionError as RequestsConnectionError
 
-from tasks.tracking import REQUEST_TAG, ResilientClient, interrupted
+from tasks.tracking import REQUEST_TAG, ROOT, ResilientClient, interrupted, tracking_client
 from tests.net import CuttingProxy, mlflow_server
 
 
@@ -92,3 +96,29 @@ def _raised_from(cause: BaseException) -> MlflowException:
 def test_interrupted_follows_the_cause(cause, expected):
     assert interrupted(_raised_from(cause)) is expected
     assert interrupted(cause) is expected
+
+
+def test_processes_side_by_side_take_turns_creating_an_embedded_store(tmp_path):
+    """The first touch of a new SQLite store creates its tables: while another process holds the store's lock,
+    a client waits for it instead of migrating the same tables at once (which failed with ``duplicate column
+    name: step``); then four processes started together on one new store all get a working store."""
+    uri = f"sqlite:///{tmp_path / 'held' / 'mlflow.db'}"
+    (tmp_path / "held").mkdir()
+    made = threading.Event()
+    with open(tmp_path / "held" / "mlflow.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: (tracking_client(uri), made.set()))
+        waiting.start()
+        assert not made.wait(1.0)
+        assert not (tmp_path / "held" / "mlflow.db").exists()
+    waiting.join(60)
+    assert made.is_set() and (tmp_path / "held" / "mlflow.db").exists()
+
+    script = ("import sys; from tasks.tracking import tracking_client; "
+              "c = tracking_client(sys.argv[1]); print(c.search_experiments()[0].name)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outcomes]
+    assert all(out.strip() == "Default" for out, _ in outcomes)
