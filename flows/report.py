@@ -8,6 +8,7 @@ the data from a run's stage files (from MLflow when a stage folder is gone).
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -27,6 +28,7 @@ from visplay_core.io import read_jsonl
 from visplay_core.rewards import in_window
 
 SAMPLES = 12  # sample questions shown per iteration
+PLOTS_STAMP = "plots.json"  # beside a report's plots: the digest of the data they were drawn from
 THUMBNAIL = 64  # pixels
 FILES = {"questioner_grpo": "metrics.json", "candidate_generation": "candidates.jsonl",
          "threshold_filtering": "curated.jsonl", "reasoner_grpo": "metrics.json"}  # what a report reads per stage
@@ -127,6 +129,26 @@ def line_plot(points: list[tuple[int, float]], title: str) -> bytes:
 def iteration_plots(it: IterationData, tau: tuple[float, float]) -> dict[str, bytes]:
     return {"grpo_rewards.png": reward_plot(it.grpo),
             "confidence_histogram.png": confidence_plot(it.confidences, tau, it.metrics["curated"])}
+
+
+def plots_digest(it: IterationData, tau: tuple[float, float], base_accuracy: float | None, rows: list[dict]) -> str:
+    """A digest of all the data the plots of ``iteration_plots`` and ``run_plots`` are drawn from."""
+    data = {"grpo": it.grpo, "confidences": it.confidences, "curated": it.metrics["curated"], "tau": list(tau),
+            "base_accuracy": base_accuracy,
+            "rows": [[r["iteration"], r["shapes_accuracy"], r["pseudo_label_accuracy"]] for r in rows]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def drawn_before(folder: Path | None, digest: str) -> dict[str, bytes] | None:
+    """The plots of the report in ``folder`` when they were drawn from data of this digest (its PLOTS_STAMP
+    says), else None."""
+    if folder is None:
+        return None
+    try:
+        stamp = json.loads((folder / PLOTS_STAMP).read_text())
+        return {name: (folder / name).read_bytes() for name in stamp["plots"]} if stamp["digest"] == digest else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def run_plots(base_accuracy: float | None, rows: list[dict]) -> dict[str, bytes]:
@@ -239,15 +261,18 @@ def page(title: str, body: str) -> str:
 
 
 def iteration_report(run: str, it: IterationData, tau: tuple[float, float], base_accuracy: float | None,
-                     rows: list[dict], links: dict[str, str]) -> dict[str, bytes]:
-    """One iteration's report files: summary.md, iteration.html, questions.json and the PNG plots;
+                     rows: list[dict], links: dict[str, str], previous: Path | None = None) -> dict[str, bytes]:
+    """One iteration's report files: summary.md, iteration.html, questions.json, the PNG plots and PLOTS_STAMP;
     ``rows`` (the summary rows of iterations 1..k) feed the across-iteration plots; ``links`` (name: URL or
-    id) lead to the Prefect flow run and the MLflow run."""
-    plots = {**iteration_plots(it, tau), **run_plots(base_accuracy, rows)}
+    id) lead to the Prefect flow run and the MLflow run. The plots of the report in ``previous`` are kept when
+    drawn from the same data (a rerun that restored every stage draws nothing)."""
+    digest = plots_digest(it, tau, base_accuracy, rows)
+    plots = drawn_before(previous, digest) or {**iteration_plots(it, tau), **run_plots(base_accuracy, rows)}
     return {"summary.md": iteration_markdown(run, it, plots, links).encode(),
             "iteration.html": page(f"Run {run}: iteration {it.iteration}",
                                    links_html(links) + iteration_html(it, plots)).encode(),
-            "questions.json": json.dumps(sample_table(it), indent=2).encode(), **plots}
+            "questions.json": json.dumps(sample_table(it), indent=2).encode(), **plots,
+            PLOTS_STAMP: json.dumps({"digest": digest, "plots": sorted(plots)}).encode()}
 
 
 def run_page(data: RunData) -> str:

@@ -313,9 +313,9 @@ def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict],
     data = report.load_iteration(last.iteration, rows[-1],
                                  {s: Path(last.stages[s].folder) / f for s, f in report.FILES.items()},
                                  str(folder), str(truth) if truth else None)
-    files = report.iteration_report(ctx.run, data, (ctx.config.method.tau_low, ctx.config.method.tau_high),
-                                    base_eval.metrics.get("shapes_accuracy"), rows, report_links(ctx))
     out = Path(ctx.home) / "runs" / ctx.run / "report" / f"iteration-{last.iteration}"
+    files = report.iteration_report(ctx.run, data, (ctx.config.method.tau_low, ctx.config.method.tau_high),
+                                    base_eval.metrics.get("shapes_accuracy"), rows, report_links(ctx), previous=out)
     out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         (out / name).write_bytes(content)

@@ -6,6 +6,7 @@ refused by the run lock; `visplay report`; and `visplay down` leaving no process
 import json
 import os
 import re
+import sqlite3
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ HELD = "held-elsewhere"
 ITERATIONS = 2
 PARAMETERS = {"line": RUN, "preset": "smoke", "iterations": ITERATIONS, "overrides": ["eval.limit=12"]}
 REPORT_FILES = {"summary.md", "iteration.html", "questions.json", "grpo_rewards.png", "confidence_histogram.png",
-                "accuracy.png", "pseudo_label_accuracy.png"}
+                "accuracy.png", "pseudo_label_accuracy.png", "plots.json"}
 
 
 
@@ -250,17 +251,22 @@ ready()
 def servers():
     return len([c for c in psutil.Process().children() if "uvicorn" in " ".join(c.cmdline())])
 before = servers()
-from prefect import flow
-assert flow(name="probe")(lambda: 7)() == 7
+from prefect import flow, task
+step = task(name="step")(lambda i: i)
+child = flow(name="child")(lambda: [step(i) for i in range(7)])
+assert flow(name="probe")(lambda: [*[step(i) for i in range(7)], child()] and 7)() == 7
 print(before, servers())
 """
 
 
 @pytest.mark.parametrize("configured", [False, True])
-def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_one(prefect_server, configured):
+def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_one(prefect_server, configured,
+                                                                                     tmp_path):
     """Without a Prefect server, a command starts Prefect's temporary server while it imports the flows, and
-    the flow runs on it (one server); with one configured it starts none."""
+    the flow runs on it (one server), which records every task run, in batches, by the time it stops; with
+    one configured it starts none."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path)  # the temporary server's database: tmp_path/prefect.db
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # two loaded cores can take more than 20 s
     if configured:  # a server of the test session's harness
         from prefect.settings import PREFECT_API_URL
@@ -270,6 +276,10 @@ def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == (["0", "0"] if configured else ["1", "1"])
+    if not configured:  # 14 steps and the subflow's own task run, each in its final state
+        with sqlite3.connect(tmp_path / "prefect.db") as db:
+            states = db.execute("SELECT name, state_type FROM task_run").fetchall()
+        assert len(states) == 15 and {state for _, state in states} == {"COMPLETED"}, states
 
 
 def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):

@@ -1,6 +1,7 @@
 """The report's parts built from hand-made data: the confidence histogram's window by curation's rule, the
 sample table's columns, the metrics it names and the links to the Prefect flow run and the MLflow run."""
 
+import json
 import re
 
 from flows import report
@@ -68,3 +69,23 @@ def test_the_report_names_well_formed_beside_the_oracles_validity_and_links_both
     assert html_links in files["iteration.html"].decode()
     whole = report.run_page(report.RunData(run="r", preset="smoke", tau=TAU, base_accuracy=0.5, iterations=[it], links=LINKS))
     assert html_links in whole and "<th>oracle_validity</th>" in whole  # `visplay report`
+
+
+def test_a_report_keeps_the_plots_drawn_from_the_same_data_and_redraws_them_when_it_changed(tmp_path):
+    it = _iteration([0.5, 0.25], curated=1)
+    rows = [{"iteration": 1, "shapes_accuracy": 0.8, "pseudo_label_accuracy": 0.5}]
+    first = report.iteration_report("r", it, TAU, 0.5, rows, LINKS, previous=tmp_path)  # nothing there yet
+    plots = json.loads(first[report.PLOTS_STAMP])["plots"]
+    assert set(plots) == {"grpo_rewards.png", "confidence_histogram.png", "accuracy.png", "pseudo_label_accuracy.png"}
+    assert all(first[name].startswith(b"\x89PNG") for name in plots)
+    for name, content in first.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "accuracy.png").write_bytes(b"kept")  # what the earlier report holds is what is shown again
+
+    again = report.iteration_report("r", it, TAU, 0.5, rows, {"Prefect flow run": "another"}, previous=tmp_path)
+    assert again["accuracy.png"] == b"kept" and again[report.PLOTS_STAMP] == first[report.PLOTS_STAMP]
+    assert "another" in again["summary.md"].decode()  # the text is written anew
+
+    changed = [{**rows[0], "shapes_accuracy": 0.9}]
+    redrawn = report.iteration_report("r", it, TAU, 0.5, changed, LINKS, previous=tmp_path)
+    assert redrawn["accuracy.png"].startswith(b"\x89PNG") and redrawn[report.PLOTS_STAMP] != first[report.PLOTS_STAMP]
