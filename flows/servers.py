@@ -18,6 +18,7 @@ into ``HOME/credentials.json`` (mode 0600), which ``use_servers`` hands to Prefe
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import secrets
@@ -341,7 +342,8 @@ def start_temporary_prefect() -> Callable[[], None]:
          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
         env={**RECORDER_IN_BATCHES, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-             "PREFECT__SERVER_FINAL": "1"})
+             "PREFECT__SERVER_FINAL": "1"},
+        preexec_fn=_stopped_with(os.getpid()))
     atexit.register(_stop_temporary, server)
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
@@ -366,6 +368,20 @@ def start_temporary_prefect() -> Callable[[], None]:
             time.sleep(0.1)
 
     return ready
+
+
+def _stopped_with(parent: int) -> Callable[[], None] | None:
+    """For a child process: on Linux, SIGTERM to it when ``parent`` dies, however it dies (SIGKILL, or a SIGTERM
+    that skips the parent's atexit), so that no temporary server outlives its command."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def in_child() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before that
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def _stop_temporary(server: subprocess.Popen) -> None:

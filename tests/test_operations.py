@@ -282,6 +282,37 @@ def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_
         assert len(states) == 15 and {state for _, state in states} == {"COMPLETED"}, states
 
 
+KILLED_COMMAND = """
+import os, signal, sys, psutil
+from flows.servers import start_temporary_prefect
+start_temporary_prefect()
+[server] = [c for c in psutil.Process().children() if "uvicorn" in " ".join(c.cmdline())]
+print(server.pid, flush=True)
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_temporary_server_does_not_outlive_its_command_however_it_is_killed(signal_name):
+    """Killed, a command runs no atexit (SIGKILL; SIGTERM by default): its temporary server stops anyway."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-c", KILLED_COMMAND, signal_name], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -getattr(signal, signal_name), done.stderr[-2000:]
+    server = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server), f"the temporary server {server} outlived its command"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # an exited orphan no one reaped yet
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
     deployment = served["deployment"]
     [schedule] = deployment.schedules
