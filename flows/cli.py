@@ -167,8 +167,9 @@ def _connect(home: str):
     """Before a command runs flows: point Prefect and MLflow at HOME's servers when they answer (before prefect
     is imported: its settings are read then) and leave promptly if that Prefect server dies; otherwise start
     Prefect's temporary server in the background. Returns ``ready()``, to call once the flows are imported:
-    it waits for Prefect, having imported MLflow's SQLite store first when the run uses one (about 1 s of
-    CPU that the run would spend at its first MLflow call, spent instead while that server still boots)."""
+    it waits for Prefect, having opened HOME's embedded MLflow store first when the run uses one (importing,
+    creating or checking it: about 1.5 s of CPU that the run would spend at its first MLflow call, spent
+    instead while that server still boots; the store stays open for the run)."""
     from flows.servers import start_temporary_prefect, use_servers
 
     use_servers(Path(home))
@@ -178,7 +179,10 @@ def _connect(home: str):
     def ready() -> None:
         _tracebacks_once()
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            from tasks.tracking import tracking_client, tracking_uri
+
+            Path(home).mkdir(parents=True, exist_ok=True)
+            tracking_client(tracking_uri(Path(home)))
         if FREEZE_IMPORTS:
             gc.freeze()
         prefect_started()

@@ -15,8 +15,6 @@ import re
 from pathlib import Path
 from statistics import mean, stdev
 
-from matplotlib.figure import Figure
-
 from flows import report
 from flows.self_evolution import self_evolution
 from tasks.tracking import experiment_id, open_run, tracking_client, tracking_uri
@@ -202,7 +200,7 @@ def comparison_markdown(name: str, comparison: dict) -> str:
 
 
 def accuracy_plot(comparison: dict) -> bytes:
-    fig = Figure(figsize=(6, 3.5))
+    fig = report.figure(6, 3.5)
     ax = fig.subplots()
     for row in comparison["arms"]:
         points = [row["base_accuracy"]["mean"], *row["accuracy_by_iteration"]]
@@ -218,7 +216,7 @@ def accuracy_plot(comparison: dict) -> bytes:
 def gain_plot(comparison: dict) -> bytes:
     """Gain of the last iteration over its base against the base's headroom, one point per arm (error bars:
     spread over seeds), with the line gain = headroom (all the headroom distilled) for reference."""
-    fig = Figure(figsize=(5, 4))
+    fig = report.figure(5, 4)
     ax = fig.subplots()
     rows = [r for r in comparison["arms"] if r["base_headroom"]["mean"] is not None and r["gain"]["mean"] is not None]
     for row in rows:

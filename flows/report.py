@@ -16,9 +16,8 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from tasks.tracking import EXPERIMENT, finished_stage, tracking_client, tracking_uri
@@ -26,6 +25,9 @@ from visplay_core import world
 from visplay_core.corpus import Manifest, scenes_by_id
 from visplay_core.io import read_jsonl
 from visplay_core.rewards import in_window
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SAMPLES = 12  # sample questions shown per iteration
 PLOTS_STAMP = "plots.json"  # beside a report's plots: the digest of the data they were drawn from
@@ -57,6 +59,19 @@ class RunData:
 
 # ---- plots -------------------------------------------------------------------------------------------------
 
+def figure(width: float, height: float) -> Figure:
+    """A matplotlib figure; matplotlib is imported here, so a rerun that keeps its plots never loads it."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
@@ -69,7 +84,7 @@ def _empty(ax, text: str) -> None:
 
 def reward_plot(grpo: dict[str, list[dict]]) -> bytes:
     """One panel per role: the mean GRPO reward and each reward function's mean, per step."""
-    fig = Figure(figsize=(9, 3))
+    fig = figure(9, 3)
     for ax, (role, rows) in zip(fig.subplots(1, len(grpo), squeeze=False)[0], grpo.items()):
         keys = ["reward"] + sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")})
         for key in keys:
@@ -81,7 +96,7 @@ def reward_plot(grpo: dict[str, list[dict]]) -> bytes:
         else:
             _empty(ax, "no GRPO steps")
         ax.set(title=f"{role} GRPO reward", xlabel="step", ylabel="reward")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax.xaxis)
     return png(fig)
 
 
@@ -98,7 +113,7 @@ def confidence_plot(confidences: list[float], tau: tuple[float, float], curated:
     """Candidates per confidence value (a share of m votes), those in the curation window [τ_low, τ_high] apart
     from the others, beside the number curated (fewer where curation also left a question out: asked again of
     the same image, unanswerable, or over its label's share)."""
-    fig = Figure(figsize=(5, 3))
+    fig = figure(5, 3)
     ax = fig.subplots()
     ax.axvspan(*tau, color="tab:green", alpha=0.15, label=f"τ window [{tau[0]}, {tau[1]}]")
     inside, outside = window_bars(confidences, tau)
@@ -109,13 +124,13 @@ def confidence_plot(confidences: list[float], tau: tuple[float, float], curated:
         _empty(ax, "no answered candidate")
     ax.set(title=f"candidate confidence (n = {len(confidences)})", xlabel="confidence c", ylabel="candidates",
            xlim=(-0.02, 1.02), ylim=(0, None))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(ax.yaxis)
     ax.legend(fontsize=7)
     return png(fig)
 
 
 def line_plot(points: list[tuple[int, float]], title: str) -> bytes:
-    fig = Figure(figsize=(5, 3))
+    fig = figure(5, 3)
     ax = fig.subplots()
     if points:
         ax.plot(*zip(*points), marker="o")

@@ -112,6 +112,10 @@ def _mlflow_auth_config(home: Path, username: str) -> Path:
 # locked"), the server answers 503 and Prefect's client waits 2 s before it asks again: 6 s of a rerun's 12.
 # Recorded in batches (every 5 s, and at the server's stop) they seldom meet. Set in the environment, it wins.
 RECORDER_IN_BATCHES = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "1000"}
+# A temporary server lives for one command and nobody can define an automation on it: its triggers service
+# (and the actions it would run) has nothing to do, and starting it builds an in-process API client of its
+# own (about 0.5 s of the server's CPU while the command waits for it). Set in the environment, it wins.
+NO_AUTOMATIONS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 
 
 def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int, creds: dict | None,
@@ -341,7 +345,7 @@ def start_temporary_prefect() -> Callable[[], None]:
         [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(find_spec("prefect").origin).parent.parent),
          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
-        env={**RECORDER_IN_BATCHES, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+        env={**RECORDER_IN_BATCHES, **NO_AUTOMATIONS, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
              "PREFECT__SERVER_FINAL": "1"},
         preexec_fn=_stopped_with(os.getpid()))
     atexit.register(_stop_temporary, server)

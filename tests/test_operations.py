@@ -234,11 +234,11 @@ print("prefect-ok")
 """
 
 
-def test_starting_a_run_imports_no_torch_transformers_or_trl():
-    """A rerun whose stages are all restored must not pay for the training stack: stages import it when they
-    compute."""
-    probe = ("import sys, flows.cli, flows.deploy, flows.self_evolution; "
-             "print(' '.join(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+def test_starting_a_run_imports_no_torch_transformers_trl_or_matplotlib():
+    """A rerun whose stages are all restored must not pay for the training stack, nor for plotting: stages
+    import it when they compute, reports when they draw."""
+    probe = ("import sys, flows.cli, flows.deploy, flows.experiments, flows.self_evolution; "
+             "print(' '.join(m for m in ('torch', 'transformers', 'trl', 'peft', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr[-2000:]
 
@@ -249,13 +249,14 @@ from flows.servers import start_temporary_prefect
 ready = start_temporary_prefect()
 ready()
 def servers():
-    return len([c for c in psutil.Process().children() if "uvicorn" in " ".join(c.cmdline())])
-before = servers()
+    return [c for c in psutil.Process().children() if "uvicorn" in " ".join(c.cmdline())]
+before = len(servers())
+automations = [c.environ().get("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "-") for c in servers()]
 from prefect import flow, task
 step = task(name="step")(lambda i: i)
 child = flow(name="child")(lambda: [step(i) for i in range(7)])
 assert flow(name="probe")(lambda: [*[step(i) for i in range(7)], child()] and 7)() == 7
-print(before, servers())
+print(before, len(servers()), *automations)
 """
 
 
@@ -263,8 +264,8 @@ print(before, servers())
 def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_one(prefect_server, configured,
                                                                                      tmp_path):
     """Without a Prefect server, a command starts Prefect's temporary server while it imports the flows, and
-    the flow runs on it (one server), which records every task run, in batches, by the time it stops; with
-    one configured it starts none."""
+    the flow runs on it (one server), which records every task run, in batches, by the time it stops and
+    runs no automations (nobody can define one on it); with one configured it starts none."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path)  # the temporary server's database: tmp_path/prefect.db
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # two loaded cores can take more than 20 s
@@ -275,7 +276,7 @@ def test_a_command_boots_prefects_temporary_server_early_and_its_flows_use_that_
     done = subprocess.run([sys.executable, "-c", TEMPORARY_PREFECT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == (["0", "0"] if configured else ["1", "1"])
+    assert done.stdout.split() == (["0", "0"] if configured else ["1", "1", "false"])
     if not configured:  # 14 steps and the subflow's own task run, each in its final state
         with sqlite3.connect(tmp_path / "prefect.db") as db:
             states = db.execute("SELECT name, state_type FROM task_run").fetchall()

@@ -3,6 +3,9 @@ sample table's columns, the metrics it names and the links to the Prefect flow r
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from flows import report
 from visplay_core.method import method_preset
@@ -89,3 +92,29 @@ def test_a_report_keeps_the_plots_drawn_from_the_same_data_and_redraws_them_when
     changed = [{**rows[0], "shapes_accuracy": 0.9}]
     redrawn = report.iteration_report("r", it, TAU, 0.5, changed, LINKS, previous=tmp_path)
     assert redrawn["accuracy.png"].startswith(b"\x89PNG") and redrawn[report.PLOTS_STAMP] != first[report.PLOTS_STAMP]
+
+
+KEEP_PLOTS = """
+import sys
+from pathlib import Path
+from tests.test_report import LINKS, TAU, _iteration
+from flows import report
+rows = [{"iteration": 1, "shapes_accuracy": 0.8, "pseudo_label_accuracy": 0.5}]
+report.iteration_report("r", _iteration([0.5, 0.25], curated=1), TAU, 0.5, rows, LINKS, previous=Path(sys.argv[1]))
+print("matplotlib" in sys.modules)
+"""
+
+
+def test_a_rerun_that_keeps_its_plots_never_loads_matplotlib(tmp_path):
+    """About 0.5 s of every rerun's start-up (BENCHMARKS.md): matplotlib is imported where a plot is drawn."""
+    it = _iteration([0.5, 0.25], curated=1)
+    rows = [{"iteration": 1, "shapes_accuracy": 0.8, "pseudo_label_accuracy": 0.5}]
+    for name, content in report.iteration_report("r", it, TAU, 0.5, rows, LINKS, previous=tmp_path).items():
+        (tmp_path / name).write_bytes(content)
+    root = Path(__file__).resolve().parents[1]
+    kept = subprocess.run([sys.executable, "-c", KEEP_PLOTS, str(tmp_path)], cwd=root, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert kept.stdout.strip() == "False"
+    (tmp_path / report.PLOTS_STAMP).unlink()  # the same call with no plots to keep draws them, and so loads it
+    drawn = subprocess.run([sys.executable, "-c", KEEP_PLOTS, str(tmp_path)], cwd=root, capture_output=True, text=True)
+    assert drawn.stdout.strip() == "True", drawn.stderr[-2000:]

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from tasks import stages
 from tasks.stages import Checkpoint, ImageSet, StageResult, reasoner_grpo
 from tasks.tracking import RunContext, experiment_id, open_run, stage_key
-from visplay_core import bench, grpo
+from visplay_core import bench, config, grpo
 from visplay_core.config import BASE_CHECKPOINT, code_versions, load_config
 from visplay_core.corpus import ingest, write_embedded_corpus
 from visplay_core.io import write_jsonl
@@ -25,8 +25,8 @@ def _key(stage="reasoner_grpo"):
 def test_each_version_is_part_of_the_cache_key(monkeypatch, change):
     before = _key()
     if change in ("visplay", "transformers", "trl"):
-        real = importlib.metadata.version
-        monkeypatch.setattr("visplay_core.config.version", lambda name: real(name) + ".post1" if name == change else real(name))
+        installed = config._installed_versions()
+        monkeypatch.setattr(config, "_installed_versions", lambda: {**installed, change: installed[change] + ".post1"})
     elif change == "bench":
         monkeypatch.setattr(bench, "VERSION", bench.VERSION + "-next")
     else:

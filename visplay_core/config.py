@@ -3,6 +3,7 @@ files, overridable with ``key=value`` pairs (dotted keys reach nested sections).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from importlib.metadata import version
@@ -177,11 +178,18 @@ def code_versions() -> dict[str, str]:
     """What a stage computes beyond its configuration, part of every stage's cache key (with the stage's
     own format number, ``tasks.stages.FORMATS``): the visplay package (prompts, answer matching, rewards),
     ShapesBench's version (the world and its oracle), transformers and TRL. Read from the installed packages'
-    metadata: a stage restored from cache imports neither library."""
+    metadata (once a process: each lookup scans the installed distributions); a stage restored from cache
+    imports neither library."""
     from . import bench
 
-    return {"visplay": version("visplay"), "bench": bench.VERSION, "transformers": version("transformers"),
-            "trl": version("trl")}
+    installed = _installed_versions()
+    return {"visplay": installed["visplay"], "bench": bench.VERSION, "transformers": installed["transformers"],
+            "trl": installed["trl"]}
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
+    return {name: version(name) for name in ("visplay", "transformers", "trl")}
 
 
 def preset_names() -> list[str]:
