@@ -26,9 +26,9 @@ from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_genera
                           question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
 
 from flows import report
-from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, link_tags, log_dataset, log_iteration,
-                            log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder, tracking_client,
-                            tracking_uri)
+from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, finished_stages, link_tags, log_dataset,
+                            log_iteration, log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder,
+                            tracking_client, tracking_uri)
 from visplay_core.config import VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
@@ -238,7 +238,7 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
         "visplay.home": str(home_path), **tags}).info.run_id
     log_params(client, run_id, config.model_dump(mode="json"))
     ctx = RunContext(home=str(home_path), run=run, config=config, tracking_uri=uri, experiment_id=exp, run_id=run_id,
-                     tags=tags)
+                     tags=tags, finished=finished_stages(client, exp, run))
     url = mlflow_run_url(uri, exp, run_id)
     if url:
         create_link_artifact(url, link_text=f"MLflow run {mlflow_name}", key=f"{_slug(run)}-mlflow",

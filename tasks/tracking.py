@@ -146,6 +146,7 @@ class RunContext(BaseModel):
     experiment_id: str
     run_id: str  # the MLflow run of the whole self-evolution run
     tags: dict[str, str] = {}  # set on every MLflow run of the run: its Prefect flow run, its code
+    finished: dict[str, str] = {}  # cache key -> MLflow run id of the stages it had recorded when it began
 
     @property
     def client(self) -> MlflowClient:
@@ -265,6 +266,16 @@ def finished_stage(client: MlflowClient, experiment: str, key: str):
     return runs[0] if runs else None
 
 
+def finished_stages(client: MlflowClient, experiment: str, run: str) -> dict[str, str]:
+    """Cache key -> MLflow run id of every complete stage the run ``run`` recorded: a rerun finds its stages
+    here with one query, not one a stage (about 10 ms each). One recorded by another run with the same key,
+    or since, is found by ``finished_stage``."""
+    if "'" in run:  # not expressible in a filter string; every stage is then looked up on its own
+        return {}
+    runs = client.search_runs([experiment], f"tags.`visplay.run` = '{run}' and tags.`visplay.complete` = 'true'")
+    return {r.data.tags["visplay.cache_key"]: r.info.run_id for r in runs}
+
+
 def _flat(prefix: str, data: Any) -> dict[str, str]:
     if isinstance(data, dict):
         out = {}
@@ -275,13 +286,16 @@ def _flat(prefix: str, data: Any) -> dict[str, str]:
 
 
 def stage_folder(ctx: RunContext, stage: str, key: str):
-    """The stage's folder, fetched from MLflow when a finished copy is recorded there and not here, and that
-    finished MLflow run (None when there is none). The folder holds the stage's outputs iff it has ``DONE``."""
+    """The stage's folder, fetched from MLflow when a finished copy is recorded there and not here, and the id
+    of that finished MLflow run (None when there is none). The folder holds the stage's outputs iff it has
+    ``DONE``."""
     folder = Path(ctx.home) / "stages" / f"{stage}-{key}"
-    finished = finished_stage(ctx.client, ctx.experiment_id, key)
+    finished = ctx.finished.get(key)
+    if finished is None and (found := finished_stage(ctx.client, ctx.experiment_id, key)) is not None:
+        finished = found.info.run_id
     if finished is not None and not (folder / DONE).exists():
         with atomic_dir(folder) as tmp:
-            ctx.client.download_artifacts(finished.info.run_id, "outputs", str(tmp))
+            ctx.client.download_artifacts(finished, "outputs", str(tmp))
             for item in (tmp / "outputs").iterdir():
                 item.rename(tmp / item.name)
             (tmp / "outputs").rmdir()
@@ -305,7 +319,7 @@ def run_stage(ctx: RunContext, iteration: int, iteration_run_id: str, stage: str
             "visplay.cache_key": key}
     if cached and finished is not None:
         _say(f"iteration {iteration} · {stage}: restored ({key})")
-        return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), run_id=finished.info.run_id,
+        return StageResult(stage=stage, iteration=iteration, key=key, folder=str(folder), run_id=finished,
                            cached=True, metrics=json.loads((folder / "metrics.json").read_text()), seconds=time.time() - start)
     _say(f"iteration {iteration} · {stage}: {'recording' if cached else 'computing'} ({key})")
     _clear_leftovers(ctx, key, folder)

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import STAGES, self_evolution
 from tasks import stages as stage_tasks
+from tasks import tracking
 from tasks.tracking import EXPERIMENT
 from visplay_core.config import load_config
 
@@ -90,11 +91,15 @@ def test_malformed_output_is_counted(finished):
                                                         for r in rows if r["question"] is not None)
 
 
-def test_rerun_restores_every_stage(finished):
+def test_rerun_restores_every_stage(finished, monkeypatch):
+    """With one MLflow query for the run's finished stages (``finished_stages``), none a stage."""
     home, config, summary = finished
+    looked_up = []
+    monkeypatch.setattr(tracking, "finished_stage", lambda *args: looked_up.append(args))
     again = self_evolution(config=config, home=str(home))
     assert all(s["cached"] for it in again["iterations"] for s in it["stages"].values())
     assert _metrics(again) == _metrics(summary)
+    assert looked_up == []
 
 
 def test_restore_from_mlflow_with_work_folder_deleted(finished):
