@@ -136,7 +136,7 @@ def rerun_against_imports(home: Path, n: int = 5) -> str:
         ["rerun: `visplay run --config smoke --home H`, every stage restored", f"{walls[0]:.1f}", f"{cpus[0]:.1f}"],
         [f"bare import: `python -c '{BARE_IMPORT}'`", f"{walls[1]:.1f}", f"{cpus[1]:.1f}"],
         [f"**rerun in imports** (median of the pairs' ratios; target ≤ {RATIO_TARGET}×)",
-         f"**{walls[2]:.1f}× ({verdict})**", f"{cpus[2]:.1f}×"]])
+         f"**{walls[2]:.2f}× ({verdict})**", f"{cpus[2]:.2f}×"]])
 
 
 def startup(home: Path) -> str:
