@@ -168,7 +168,7 @@ def _connect(home: str):
     is imported: its settings are read then) and leave promptly if that Prefect server dies; otherwise start
     Prefect's temporary server in the background. Returns ``ready()``, to call once the flows are imported:
     it waits for Prefect, having opened HOME's embedded MLflow store first when the run uses one (importing,
-    creating or checking it: about 1.5 s of CPU that the run would spend at its first MLflow call, spent
+    creating or checking it: about 1 s that the run would spend at its first MLflow call, spent
     instead while that server still boots; the store stays open for the run)."""
     from flows.servers import start_temporary_prefect, use_servers
 

@@ -345,8 +345,8 @@ def start_temporary_prefect() -> Callable[[], None]:
         [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(find_spec("prefect").origin).parent.parent),
          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
-        env={**RECORDER_IN_BATCHES, **NO_AUTOMATIONS, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-             "PREFECT__SERVER_FINAL": "1"},
+        env={**RECORDER_IN_BATCHES, **NO_AUTOMATIONS, **os.environ, "PREFECT_UI_ENABLED": "0",
+             "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
         preexec_fn=_stopped_with(os.getpid()))
     atexit.register(_stop_temporary, server)
     from prefect.context import refresh_global_settings_context
