@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=".visplay")
     p.add_argument("--bases", help="initialization, headroom: comma-separated base checkpoints (or 'base')")
     p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
-                   "bases for these step counts (the shipped base had 6000, in two stages)")
+                   "bases for these step counts (the shipped base had 10,500, in five stages)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bootstrap", help="rebuild the tiny base VLM from its seed")
