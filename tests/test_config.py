@@ -120,7 +120,7 @@ def test_dotted_overrides_with_yaml_typed_values():
     assert load_config("demo", ["max_image_pixels=12544"]).max_image_pixels == 12544
     assert "max_image_pixels:" in _error(["max_image_pixels=10"])  # below its minimum
     # Untouched values stay the preset's.
-    assert config.reasoner.steps == 40 and config.questioner.steps == 10
+    assert config.reasoner.steps == 24 and config.questioner.steps == 10
 
 
 def test_later_override_wins():
