@@ -52,8 +52,8 @@ def cmd_bootstrap(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from visplay_core.benchmarks import ADAPTERS, BenchmarkError, Judge, evaluate_benchmark
-    from visplay_core.evaluate import evaluate_shapes
+    from visplay_core.benchmarks import BenchmarkError, Judge
+    from visplay_core.evaluate import benchmark_names, evaluate_on
     from visplay_core.model import load_model, load_processor
 
     names = [n.strip() for n in args.bench.split(",") if n.strip()]
@@ -65,10 +65,9 @@ def cmd_eval(args) -> int:
     results = {}
     for name in names:
         try:
-            results[name] = (evaluate_shapes(model, processor, limit=args.limit, votes=args.votes,
-                                             temperature=args.temperature, split=args.split) if name == "shapes" else
-                             evaluate_benchmark(model, processor, name, source=args.source, limit=args.limit, judge=judge,
-                                                votes=args.votes, temperature=args.temperature))
+            results[name] = evaluate_on(name, model, processor, limit=args.limit, votes=args.votes,
+                                        temperature=args.temperature, shapes_split=args.split, source=args.source,
+                                        judge=judge)
         except BenchmarkError as e:
             raise SystemExit(f"visplay eval: {e}")
     if args.json:
@@ -81,8 +80,7 @@ def cmd_eval(args) -> int:
                   f"\n  {scores['votes']} votes at temperature {scores['temperature']}: pass@1 {scores['pass_at_1']:.3f}, "
                   f"majority {scores['majority_accuracy']:.3f} (headroom {scores['majority_accuracy'] - scores['accuracy']:+.3f}), "
                   f"token entropy {scores['mean_entropy']:.3f}" if "majority_accuracy" in scores else ""))
-    known = ", ".join(["shapes", *ADAPTERS])
-    print(f"(benchmarks: {known})")
+    print(f"(benchmarks: {', '.join(benchmark_names())})")
     return 0
 
 
@@ -235,11 +233,12 @@ def cmd_advance(args) -> int:
         raise SystemExit(f"visplay advance: {e}")
     ready = _connect(args.home)
     from flows.deploy import form_source, visplay_nightly
-    from flows.self_evolution import LineError
+    from flows.line import LineError, check_line_name
     from tasks.tracking import RunInProgressError
 
     ready()
     try:
+        check_line_name(args.line)
         visplay_nightly(line=args.line, overrides=args.set, iterations=args.iterations, home=args.home,
                         **form_source(args.config or ""))
     except (ConfigError, LineError, RunInProgressError) as e:
@@ -340,6 +339,8 @@ def cmd_down(args) -> int:
 def cmd_serve(args) -> int:
     if args.iterations < 1:
         raise SystemExit(f"visplay serve: --iterations must be at least 1 (got {args.iterations})")
+    if args.notify and not args.notify.startswith(("http://", "https://")):
+        raise SystemExit(f"visplay serve: --notify takes a webhook's http(s) URL (got {args.notify!r})")
     from flows.servers import use_servers
 
     use_servers(Path(args.home))  # before prefect is imported
@@ -349,13 +350,13 @@ def cmd_serve(args) -> int:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
     _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
     from flows.deploy import serve
-    from flows.self_evolution import LineError
+    from flows.line import LineError
     from visplay_core.config import ConfigError
 
     _tracebacks_once()
     try:
         serve(args.home, cron=args.cron, timezone=args.timezone, line=args.line, source=args.config or "",
-              iterations=args.iterations)
+              iterations=args.iterations, notify=args.notify)
     except (ConfigError, LineError) as e:
         raise SystemExit(f"visplay serve: {e}")
     return 0
@@ -450,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("experiment", help="one of the paper's open checks, as a sweep: thresholds, oracle, "
-                       "iterations, initialization, ceiling, headroom")
-    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling", "headroom"])
+                       "iterations, initialization, ceiling, headroom, ablations")
+    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling", "headroom",
+                                    "ablations"])
     p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -513,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=".visplay")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("serve", help="serve the nightly deployment from this process (Ctrl-C stops it)")
+    p = sub.add_parser("serve", help="serve the line's nightly deployment, named after the line, from this process "
+                       "(Ctrl-C stops it)")
     p.add_argument("--cron", default="0 2 * * *", help="schedule (default 02:00 every day)")
     p.add_argument("--timezone", default=os.environ.get("TZ", "UTC"), help="IANA time zone of the schedule "
                    "(default $TZ, else UTC)")
@@ -521,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--line", default="nightly", help="the line of evolution each run advances (default nightly)")
     p.add_argument("--config", help="YAML file or preset name of a new line (default: the line's own)")
     p.add_argument("--iterations", type=int, default=1, help="iterations each run adds (default 1)")
+    p.add_argument("--notify", default="", metavar="URL", help="webhook that a failed or crashed run posts to "
+                   "(JSON: the line, the flow run, its state; 'text' for a chat)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="write one self-contained HTML page of a run")

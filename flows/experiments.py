@@ -1,34 +1,35 @@
 """The paper's open checks as one command each: sweeps over config keys (with seeds), an oracle Reasoner,
-one iteration against three, and weaker and stronger bases.
+one iteration against three, weaker and stronger bases, and the ablation table.
 
 Every arm is an ordinary self-evolution run in one home, so each run is in MLflow and every stage whose
 cache key is unchanged is restored, not recomputed (a sweep over the curation window reuses the first
 iteration's Questioner stages; later ones start from a Reasoner the window shaped). The comparison is a table of the last iteration's metrics per arm, mean ± spread
-over seeds, with the base model as the reference row, and a plot of accuracy across iterations.
+over seeds, with the base model as the reference row, the same per iteration, and a plot of accuracy across
+iterations.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from statistics import mean, stdev
 
 from flows import report
 from flows.self_evolution import self_evolution
-from tasks.tracking import experiment_id, open_run, tracking_client, tracking_uri
-from visplay_core.config import load_config
+from tasks.tracking import experiment_id, open_run, slug, tracking_client, tracking_uri
+from visplay_core.config import PROBE_STATISTICS, load_config
 from visplay_core.io import write_json
 from visplay_core.measure import eval_items, gain_or_loss
 
-METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "oracle_validity")
+METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "oracle_validity", "distinct_per_image",
+           "pairwise_bleu", "glance_share", *PROBE_STATISTICS, "probe.oracle_accuracy")
 
 # The shipped experiments: name -> (what it asks, its grid). "{K}" and "{Q}"/"{R}" are filled from the
 # config (iterations and GRPO steps per iteration) so "same budget" holds for any preset.
 EXPERIMENTS = {
-    "thresholds": ("the paper's curation-window ablation",
-                   ["method.tau_low:method.tau_high=0.1:0.9,0.25:0.75,0.4:0.6"]),
+    "thresholds": ("the paper's curation-window ablation, and no window (every candidate with a majority)",
+                   ["method.tau_low:method.tau_high=0:1,0.1:0.9,0.25:0.75,0.4:0.6"]),
     "oracle": ("an oracle Reasoner (exact, and wrong 30% of the time) against the Reasoner model",
                ["oracle_reasoner_error=null,0.0,0.3"]),
     "iterations": ("one iteration against K, same total GRPO steps",
@@ -38,12 +39,29 @@ EXPERIMENTS = {
                 "against pseudo-labels: the most any labeller could give", ["ceiling=none,curated,fresh"]),
     "headroom": ("the same run from bases of different headroom (majority of eval.votes samples − greedy, "
                  "measured on each base first): does the gain follow the headroom?", ["base_model={BASES}"]),
+    "ablations": ("the full method against a frozen Questioner, no Questioner (the same number of questions drawn "
+                  "blind from the world's grammar; and drawn from each image's scene, an oracle arm) and no "
+                  "diversity penalty",
+                  ["- | questioner.steps=0 | question_source=grammar questioner.steps=0 "
+                   "| question_source=oracle-grammar questioner.steps=0 | method.diversity_weight=0"]),
 }
 
 
 def parse_grid(spec: str) -> list[list[str]]:
     """One ``--grid``: ``key=v1,v2`` → ``[["key=v1"], ["key=v2"]]``; keys joined with ``:`` take values
-    joined with ``:`` together (``a:b=1:2,3:4`` → ``[["a=1", "b=2"], ["a=3", "b=4"]]``)."""
+    joined with ``:`` together (``a:b=1:2,3:4`` → ``[["a=1", "b=2"], ["a=3", "b=4"]]``). Arms that set
+    different keys are joined with ``|``, each its overrides apart by spaces, ``-`` for none
+    (``- | a=1 b=2 | c=3`` → ``[[], ["a=1", "b=2"], ["c=3"]]``)."""
+    if "|" in spec:
+        arms = []
+        for alternative in spec.split("|"):
+            overrides = [] if alternative.strip() == "-" else alternative.split()
+            well_formed = overrides and all(o.partition("=")[0] and o.partition("=")[2] for o in overrides)
+            if alternative.strip() != "-" and not well_formed:
+                raise ValueError(f"--grid {spec!r}: {alternative.strip()!r} is not key=value overrides apart by spaces "
+                                 "(or - for none)")
+            arms.append(overrides)
+        return arms
     keys, sep, values = spec.partition("=")
     if not sep or not keys.strip() or not values.strip():
         raise ValueError(f"--grid {spec!r}: expected key=v1,v2,... (or k1:k2=a1:a2,b1:b2)")
@@ -79,10 +97,6 @@ def shipped_grids(name: str, config_source: str, overrides: list[str], bases: li
     return grids
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9.]+", "-", text).strip("-")[:80]
-
-
 def sweep(config_source: str, grids: list[str], seeds: int = 1, home: str = ".visplay", name: str = "sweep",
           overrides: list[str] | None = None) -> dict:
     """Run every arm of the grid for ``seeds`` seeds (config seed, +1, ...) and compare them; writes
@@ -93,7 +107,7 @@ def sweep(config_source: str, grids: list[str], seeds: int = 1, home: str = ".vi
     for arm, arm_overrides in arms_of(grids):
         for s in range(seeds):
             config = load_config(config_source, [*overrides, *arm_overrides, f"seed={first_seed + s}"])
-            summary = self_evolution(config=config, home=home, run_name=f"{name}-{_slug(arm)}-s{first_seed + s}")
+            summary = self_evolution(config=config, home=home, run_name=f"{name}-{slug(arm)[:80]}-s{first_seed + s}")
             results.append({"arm": arm, "seed": first_seed + s, "summary": summary})
     comparison = compare(results)
     out = Path(home).resolve() / "experiments" / name
@@ -111,33 +125,54 @@ def sweep(config_source: str, grids: list[str], seeds: int = 1, home: str = ".vi
 
 
 def compare(results: list[dict]) -> dict:
-    """Per arm: the last iteration's metrics (mean, spread over seeds), the accuracy of the base it started
-    from, accuracy per iteration, how many stages were restored from cache, and a verdict of its gain over
-    its base against the noise."""
+    """Per arm: the last iteration's metrics (mean, spread over seeds) with its gain over the base it started
+    from and the noise, the same for every iteration (``by_iteration``), the iteration each seed kept
+    (``kept_iteration``, chosen without ground truth) and its accuracy, how many stages were restored from
+    cache, and a verdict of the last iteration's gain over its base against the noise."""
     arms: dict[str, list[dict]] = {}
     for r in results:
         arms.setdefault(r["arm"], []).append(r["summary"])
     n_eval = _eval_items(results)
     rows = []
     for arm, summaries in arms.items():
-        last = [s["iterations"][-1] for s in summaries]
         row = {"arm": arm, "seeds": len(summaries), "runs": [s["run"] for s in summaries],
-               "base_accuracy": _stats([s["base"]["shapes_accuracy"] for s in summaries])}
-        for metric in METRICS:
-            row[metric] = _stats([it.get(metric) for it in last])
-        row["accuracy_by_iteration"] = [
-            mean(s["iterations"][i]["shapes_accuracy"] for s in summaries)
-            for i in range(min(len(s["iterations"]) for s in summaries))]
+               "base_accuracy": _stats([s["base"]["shapes_accuracy"] for s in summaries]),
+               **_iteration_stats(summaries, [s["iterations"][-1] for s in summaries], n_eval)}
+        row["by_iteration"] = [{"iteration": 0, **_iteration_stats(summaries, [_base_row(s) for s in summaries], n_eval)},
+                               *({"iteration": summaries[0]["iterations"][i]["iteration"],
+                                  **_iteration_stats(summaries, [s["iterations"][i] for s in summaries], n_eval)}
+                                 for i in range(min(len(s["iterations"]) for s in summaries)))]
+        row["accuracy_by_iteration"] = [it["shapes_accuracy"]["mean"] for it in row["by_iteration"][1:]]
+        row["kept_iteration"] = [s.get("kept_iteration") for s in summaries]
+        row["kept_accuracy"] = _stats([next(it["shapes_accuracy"] for it in s["iterations"]
+                                            if it["iteration"] == s["kept_iteration"])
+                                       for s in summaries if s.get("kept_iteration") is not None])
         stages = [st for s in summaries for it in s["iterations"] for st in it["stages"].values()]
         row["stages_cached"], row["stages"] = sum(st["cached"] for st in stages), len(stages)
         row["verdict"] = _verdict(row["shapes_accuracy"], row["base_accuracy"], n_eval)
         row["base_headroom"] = _stats([(s["base"].get("headroom") or {}).get("headroom") for s in summaries])
-        row["gain"] = _stats([it.get("shapes_accuracy") - s["base"]["shapes_accuracy"]
-                              if it.get("shapes_accuracy") is not None and s["base"]["shapes_accuracy"] is not None
-                              else None for s, it in zip(summaries, last)])
         rows.append(row)
     bases = {json.dumps(r["base_accuracy"], sort_keys=True) for r in rows}
     return {"base": rows[0]["base_accuracy"] if len(bases) == 1 else None, "eval_items": n_eval, "arms": rows}
+
+
+def _base_row(summary: dict) -> dict:
+    """A run's base as a row of its iterations: what its evaluation measured (accuracy, glances, the probe)."""
+    base = summary["base"]
+    return {"shapes_accuracy": base["shapes_accuracy"], "glance_share": base.get("glance_share"), **base.get("probe", {})}
+
+
+def _iteration_stats(summaries: list[dict], its: list[dict], n_eval: int | None) -> dict:
+    """The ``METRICS`` of one row a seed (``its``: an iteration, or the base, of each of ``summaries``), mean and
+    spread over seeds, their gain over each seed's base, and the noise that gain is judged against (None without
+    scores)."""
+    out = {metric: _stats([it.get(metric) for it in its]) for metric in METRICS}
+    out["gain"] = _stats([it.get("shapes_accuracy") - s["base"]["shapes_accuracy"]
+                          if it.get("shapes_accuracy") is not None and s["base"]["shapes_accuracy"] is not None
+                          else None for s, it in zip(summaries, its)])
+    judged = _judged(out["shapes_accuracy"], _stats([s["base"]["shapes_accuracy"] for s in summaries]), n_eval)
+    out["noise"] = judged and judged[1]
+    return out
 
 
 def _eval_items(results: list[dict]) -> int | None:
@@ -151,12 +186,21 @@ def _stats(values: list) -> dict:
     return {"mean": mean(values), "spread": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def _judged(arm: dict, base: dict, n_eval: int | None) -> tuple[str, float] | None:
+    """``gain_or_loss`` of an arm's mean accuracy against its base's, the larger spread over seeds counted in the
+    noise; None without both scores."""
+    if arm["mean"] is None or base["mean"] is None:
+        return None
+    return gain_or_loss(arm["mean"], base["mean"], n_eval, max(arm["spread"] or 0.0, base["spread"] or 0.0))
+
+
 def _verdict(arm: dict, base: dict, n_eval: int | None) -> str:
     """"above"/"below" its base only when the difference exceeds the noise: the spread over seeds, and at
     least two binomial standard errors of the evaluation (which is all there is with one seed)."""
-    if arm["mean"] is None or base["mean"] is None:
+    judged = _judged(arm, base, n_eval)
+    if judged is None:
         return "no score"
-    word, margin = gain_or_loss(arm["mean"], base["mean"], n_eval, max(arm["spread"] or 0.0, base["spread"] or 0.0))
+    word, margin = judged
     if word == "within noise":
         return f"within noise of its base (±{margin:.3f})"
     return f"{'above' if word == 'gain' else 'below'} its base by {abs(arm['mean'] - base['mean']):.3f} (noise ±{margin:.3f})"
@@ -174,28 +218,53 @@ def _cell(stat: dict, digits: int = 3, sign: bool = False) -> str:
     return f"{value} ± {stat['spread']:.{digits}f}" if stat["n"] > 1 else value
 
 
+# The per-iteration columns of the tables: (header, metric, digits, signed).
+ITERATION_COLUMNS = (("ShapesBench acc.", "shapes_accuracy", 3, False), ("gain", "gain", 3, True),
+                     ("noise", "noise", 3, False), ("pseudo-label acc.", "pseudo_label_accuracy", 3, False),
+                     ("curated", "curated", 1, False), ("question validity", "oracle_validity", 3, False),
+                     ("distinct q./image", "distinct_per_image", 2, False), ("pairwise BLEU", "pairwise_bleu", 3, False),
+                     ("glance share", "glance_share", 2, False))
+PROBE_COLUMNS = (*((name.removeprefix("probe."), name, 3, False) for name in PROBE_STATISTICS),
+                 ("probe acc. (truth)", "probe.oracle_accuracy", 3, False))
+
+
+def _cells(stats: dict, columns: tuple) -> list[str]:
+    return [f"±{stats['noise']:.3f}" if metric == "noise" and stats["noise"] is not None else
+            "-" if metric == "noise" else _cell(stats[metric], digits, signed)
+            for _, metric, digits, signed in columns]
+
+
+def _table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in body)]
+
+
 def comparison_markdown(name: str, comparison: dict) -> str:
     headroom = _has_headroom(comparison)
-    head = ["arm", "seeds", "base acc.", *(["base headroom"] if headroom else []), "ShapesBench acc.",
-            *(["gain"] if headroom else []), "pseudo-label acc.", "curated", "question validity", "stages restored",
-            "verdict"]
+    head = ["arm", "seeds", "base acc.", *(["base headroom"] if headroom else []),
+            *(c[0] for c in ITERATION_COLUMNS), "kept iteration", "kept acc.", "stages restored", "verdict"]
     body = []
     if comparison["base"] is not None:
         body.append(["base (reference)", "-", _cell(comparison["base"]), *(["-"] if headroom else []),
-                     _cell(comparison["base"]), *(["-"] if headroom else []), "-", "-", "-", "-", "-"])
+                     _cell(comparison["base"]), *["-"] * (len(ITERATION_COLUMNS) + 3)])
     for row in comparison["arms"]:
         body.append([row["arm"], str(row["seeds"]), _cell(row["base_accuracy"]),
-                     *([_cell(row["base_headroom"], sign=True)] if headroom else []), _cell(row["shapes_accuracy"]),
-                     *([_cell(row["gain"], sign=True)] if headroom else []),
-                     _cell(row["pseudo_label_accuracy"]), _cell(row["curated"], 1), _cell(row["oracle_validity"]),
+                     *([_cell(row["base_headroom"], sign=True)] if headroom else []),
+                     *_cells(row, ITERATION_COLUMNS),
+                     ", ".join("-" if k is None else str(k) for k in row["kept_iteration"]), _cell(row["kept_accuracy"]),
                      f"{row['stages_cached']}/{row['stages']}", row["verdict"]])
-    lines = [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
     n = comparison["eval_items"]
-    lines += ["", f"Last iteration's metrics, mean ± standard deviation over seeds; ShapesBench on {n or 'all'} "
-              f"items; question validity is the oracle's, of the updated Questioner's candidates. \"within noise\" "
-              f"means the gain over the base is no larger than the spread over seeds or two binomial standard "
-              f"errors of the evaluation."]
+    lines = [f"## {name}", "", *_table(head, body), "",
+             f"Last iteration's metrics, mean ± standard deviation over seeds; ShapesBench on {n or 'all'} "
+             f"items; question validity is the oracle's, of the candidates; distinct questions per image and their "
+             f"pairwise BLEU (0 to 1) within an image's candidates; the kept iteration is each seed's, chosen by "
+             f"its selection rule without ground truth. \"within noise\" means the gain over the base is no larger "
+             f"than the spread over seeds or two binomial standard errors of the evaluation (the noise).", "",
+             "### Per iteration", "",
+             *_table(["arm", "iteration", *(c[0] for c in ITERATION_COLUMNS + PROBE_COLUMNS)],
+                     [[row["arm"], str(it["iteration"]), *_cells(it, ITERATION_COLUMNS + PROBE_COLUMNS)]
+                      for row in comparison["arms"] for it in row["by_iteration"]]), "",
+             "The probe columns are label-free statistics of the Reasoner's answers to the run's fixed unlabeled "
+             "probe questions (probe.*), beside the true accuracy of its greedy answers to them (measurement only)."]
     return "\n".join(lines) + "\n"
 
 

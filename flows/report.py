@@ -35,7 +35,8 @@ THUMBNAIL = 64  # pixels
 FILES = {"questioner_grpo": "metrics.json", "candidate_generation": "candidates.jsonl",
          "threshold_filtering": "curated.jsonl", "reasoner_grpo": "metrics.json"}  # what a report reads per stage
 METRICS = ("shapes_accuracy", "pseudo_label_accuracy", "curated", "mean_confidence", "well_formed", "oracle_validity",
-           "questioner_reward")
+           "questioner_reward", "glance_share", "distinct_per_image", "pairwise_bleu", "question_kinds",
+           "probe.vote_disagreement", "probe.shuffle_stability", "probe.agreement_previous", "probe.confidence")
 
 
 @dataclass
@@ -178,6 +179,8 @@ def run_plots(base_accuracy: float | None, rows: list[dict]) -> dict[str, bytes]
 # ---- tables, markdown, HTML --------------------------------------------------------------------------------
 
 def _fmt(value) -> str:
+    if isinstance(value, dict):  # shares by name (the mix of question kinds): those above 0
+        return " · ".join(f"{k} {v:.2f}" for k, v in value.items() if v) or "–"
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -199,10 +202,17 @@ def sample_table(it: IterationData) -> list[dict]:
     return rows
 
 
+def _value(row: dict, metric: str):
+    """A summary row's metric; "question_kinds" gathers its ``kind_share.<kind>`` shares."""
+    if metric == "question_kinds":
+        return {k.removeprefix("kind_share."): v for k, v in row.items() if k.startswith("kind_share.")} or None
+    return row.get(metric)
+
+
 def _metric_rows(base_accuracy: float | None, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     head = ["iteration", *METRICS]
     body = [["0 (base)", _fmt(base_accuracy)] + ["–"] * (len(METRICS) - 1)] if base_accuracy is not None else []
-    return head, body + [[str(r["iteration"]), *(_fmt(r.get(m)) for m in METRICS)] for r in rows]
+    return head, body + [[str(r["iteration"]), *(_fmt(_value(r, m)) for m in METRICS)] for r in rows]
 
 
 def _is_url(target: str) -> bool:

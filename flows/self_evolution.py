@@ -2,7 +2,7 @@
 
 Iteration k starts from iteration k-1's Questioner and Reasoner (iteration 1 from the base model).
 Rerunning a run (same name, or any run whose stages have the same cache keys) restores every finished
-stage and computes only what is missing. A line of evolution (``advance_line``) is a run that grows by a
+stage and computes only what is missing. A line of evolution (``flows.line``) is a run that grows by a
 few iterations at a time, as the nightly deployment runs it.
 
 Every call makes new MLflow runs (run, iterations, computed stages), tagged with the Prefect flow run
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from pathlib import Path
 
@@ -26,13 +25,13 @@ from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_genera
                           question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
 
 from flows import report
-from tasks.tracking import (DONE, RunContext, StageResult, experiment_id, finished_stages, link_tags, log_dataset,
-                            log_iteration, log_model, log_params, mlflow_run_url, register_model, run_lock, stage_folder,
-                            tracking_client, tracking_uri)
-from visplay_core.config import VisPlayConfig
+from tasks.tracking import (DONE, RunContext, StageResult, better_on_shapes, experiment_id, finished_stages, line_alias, slug,
+                            link_tags, log_dataset, log_iteration, log_model, log_params, mlflow_run_url, register_model,
+                            run_lock, stage_folder, tracking_client, tracking_uri)
+from visplay_core.config import PROBE_STATISTICS, VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
-from visplay_core.measure import base_headroom, eval_items, gain_or_loss, headroom_line
+from visplay_core.measure import base_headroom, eval_items, gain_or_loss, headroom_line, kept_iteration
 
 STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo", "candidate_generation",
           "threshold_filtering", "reasoner_grpo", "benchmark_eval")
@@ -70,8 +69,10 @@ def iteration_images(folder: Path, truth: Path | None, config: VisPlayConfig, k:
 
 
 @flow(name="iteration", flow_run_name="iteration-{k}")
-def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpoint, images: ImageSet) -> IterationResult:
-    """One VisPlay iteration: Questioner update, curation, Reasoner update, evaluation."""
+def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpoint, images: ImageSet,
+              previous: StageResult | None = None) -> IterationResult:
+    """One VisPlay iteration: Questioner update, curation, Reasoner update, evaluation (its answers to the run's
+    probe beside the ``previous`` evaluation's)."""
     client = ctx.client
     run_id = client.create_run(ctx.experiment_id, run_name=f"iteration-{k}", tags={
         "visplay.run": ctx.run, "visplay.iteration": str(k), "visplay.level": "iteration", **ctx.tags,
@@ -80,13 +81,14 @@ def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpo
         rollout = _named(question_rollout, k)(ctx, k, run_id, questioner, images)
         scoring = _named(confidence_scoring, k)(ctx, k, run_id, reasoner, images, rollout)
         q_update = _named(questioner_grpo, k)(ctx, k, run_id, questioner, reasoner, images, scoring)
-        new_questioner = Checkpoint(path=str(Path(q_update.folder) / "model"), key=q_update.key)
+        new_questioner = Checkpoint.of_stage(q_update)
         candidates = _named(candidate_generation, k)(ctx, k, run_id, new_questioner, reasoner, images)
         curated = _named(threshold_filtering, k)(ctx, k, run_id, candidates)
         r_update = _named(reasoner_grpo, k)(ctx, k, run_id, reasoner, images, curated)
-        new_reasoner = Checkpoint(path=str(Path(r_update.folder) / "model"), key=r_update.key)
+        new_reasoner = Checkpoint.of_stage(r_update)
         evaluation = _named(benchmark_eval, k)(ctx, k, run_id, new_reasoner, images, {
-            "confidence_scoring": scoring, "candidate_generation": candidates, "threshold_filtering": curated})
+            "confidence_scoring": scoring, "candidate_generation": candidates, "threshold_filtering": curated},
+            previous)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -94,7 +96,7 @@ def iteration(ctx: RunContext, k: int, questioner: Checkpoint, reasoner: Checkpo
     log_dataset(client, run_id, f"images-iteration-{k}", images.folder, images.key)
     log_dataset(client, run_id, f"curated-iteration-{k}", Path(curated.folder) / "curated.jsonl", curated.key)
     models = {role: log_model(ctx, run_id, stage, role) for role, stage in (("questioner", q_update), ("reasoner", r_update))}
-    log_iteration(client, run_id, k, _iteration_row(k, stages),
+    log_iteration(client, run_id, k, _numbers(_iteration_row(k, stages)),
                   [m.model_id for m in models.values() if not m.metrics])  # a new model carries its iteration's metrics
     client.set_terminated(run_id, "FINISHED")
     return IterationResult(iteration=k, questioner=new_questioner, reasoner=new_reasoner, stages=stages,
@@ -119,7 +121,21 @@ def _iteration_row(k: int, stages: dict[str, StageResult]) -> dict:
         "sampled_glance_share": ev.get("shapes_sampled_glance_share"),
         "well_formed": stages["confidence_scoring"].metrics["validity_rate"],
         "questioner_reward": stages["confidence_scoring"].metrics["mean_reward"],
+        "distinct_per_image": ev.get("candidates.distinct_per_image"),
+        "pairwise_bleu": ev.get("candidates.pairwise_bleu"),
+        **{name.removeprefix("candidates."): v for name, v in ev.items() if name.startswith("candidates.kind_share.")},
+        **_probe_row(ev),
     }
+
+
+def _numbers(row: dict) -> dict:
+    """The numbers of a summary row (what MLflow logs of it)."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float))}
+
+
+def _probe_row(metrics: dict) -> dict:
+    """An evaluation's label-free probe statistics, and the probe's true greedy accuracy (measurement only)."""
+    return {name: metrics.get(name) for name in (*PROBE_STATISTICS, "probe.oracle_accuracy")}
 
 
 def run_name_for(config: VisPlayConfig) -> str:
@@ -144,82 +160,6 @@ def self_evolution(config: VisPlayConfig, home: str = ".visplay", run_name: str 
         return evolve(config, home_path, run, run, "flows/self_evolution.py:self_evolution")
 
 
-class LineError(ValueError):
-    """A line of evolution that cannot go on as asked: another configuration than the one it grew from, or
-    none known."""
-
-
-def read_line(home: Path, line: str) -> dict | None:
-    """What ``HOME/lines/<line>.json`` records of a line (None for a line not started)."""
-    path = home / "lines" / f"{line}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def line_config(home: Path, line: str, config: VisPlayConfig | None = None) -> VisPlayConfig:
-    """The configuration the line grows from: ``config`` when given (refused if the line grew from another),
-    else the line's own (a line not started needs one)."""
-    state = read_line(home, line)
-    if config is not None:
-        digest = config.model_copy(update={"iterations": 1}).digest()
-        if state and state["config"] != digest:
-            raise LineError(f"line {line} grows from another configuration ({state['preset']}, {state['config']}, "
-                            f"not {config.preset}, {digest}): give this configuration a line of its own")
-        return config
-    if state is None:
-        raise LineError(f"line {line} has not started in {home}: give the configuration it starts from "
-                        "(a preset or a YAML file)")
-    if "settings" not in state:
-        raise LineError(f"line {line} was started before lines recorded their configuration: give the one it "
-                        f"grows from ({state['preset']}, {state['config']}) once")
-    return VisPlayConfig.model_validate(state["settings"])
-
-
-def line_span(state: dict | None, iterations: int) -> tuple[int, int]:
-    """(iterations the line finished, the iteration an advance by ``iterations`` reaches): a failed advance's
-    iterations are run first."""
-    return (state["finished"], state["target"] + iterations) if state else (0, iterations)
-
-
-def line_run_name(line: str, finished: int, target: int) -> str:
-    """The name of the advance of ``line`` from iteration ``finished`` to ``target``."""
-    return f"{line}-iteration-{target}" if target == finished + 1 else f"{line}-iterations-{finished + 1}-{target}"
-
-
-def advance_line(config: VisPlayConfig | None, home: Path, line: str, iterations: int, entry_point: str) -> dict:
-    """Run the next ``iterations`` iterations of the line of evolution ``line`` (in the calling flow); returns
-    the line's summary, every iteration so far.
-
-    A line is the run named ``line`` whose iteration count grows: ``HOME/lines/<line>.json`` records the
-    configuration it grows from (in full, and its digest, iterations aside), the iterations it finished and
-    those its last advance set out to reach. ``config`` None: the line's own. An advance goes on from the last
-    finished iteration's Questioner and Reasoner (restored from their stages) on each new iteration's own
-    draw of images, exactly as one run of all the iterations would; a failed advance is completed by the
-    next one before it goes further.
-    """
-    with run_lock(home, line):
-        state = read_line(home, line)
-        config = line_config(home, line, config)
-        once = config.model_copy(update={"iterations": 1})
-        finished, target = line_span(state, iterations)
-        record = {"line": line, "preset": config.preset, "config": once.digest(), "settings": once.model_dump(mode="json"),
-                  "finished": finished, "target": target}
-        write_json(home / "lines" / f"{line}.json", record)
-        name = line_run_name(line, finished, target)
-        get_run_logger().info("line %s: iterations %d to %d (%d finished), configuration %s %s", line, finished + 1,
-                              target, finished, config.preset, record["config"])
-        summary = evolve(config.model_copy(update={"iterations": target}), home, line, name, entry_point,
-                         _finished_iterations(home, line, finished))
-        write_json(home / "lines" / f"{line}.json", {**record, "finished": target})
-        return summary
-
-
-def _finished_iterations(home: Path, line: str, finished: int) -> list[dict]:
-    """The summary rows of the line's ``finished`` iterations (none when its summary does not hold them)."""
-    path = home / "runs" / line / "summary.json"
-    rows = json.loads(path.read_text())["iterations"] if path.exists() else []
-    return rows if [r["iteration"] for r in rows] == list(range(1, finished + 1)) else []
-
-
 def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str,
            earlier: list[dict] = ()) -> dict:
     """The body of a self-evolution run, inside the caller's flow run (the one a person opens): a new MLflow
@@ -241,7 +181,7 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
                      tags=tags, finished=finished_stages(client, exp, run))
     url = mlflow_run_url(uri, exp, run_id)
     if url:
-        create_link_artifact(url, link_text=f"MLflow run {mlflow_name}", key=f"{_slug(run)}-mlflow",
+        create_link_artifact(url, link_text=f"MLflow run {mlflow_name}", key=f"{slug(run)}-mlflow",
                              description=f"the MLflow run of {mlflow_name}")
     logger.info("run %s: home %s, MLflow run %s", run, home_path, url or f"{run_id} in {uri}")
     try:
@@ -259,10 +199,11 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
         models = _checkpoints(ctx, earlier[-1]) if earlier else None
         earlier = list(earlier) if models else []
         questioner, reasoner = models or (base, base)
+        previous = _restored(ctx, earlier[-1], "benchmark_eval") if earlier else base_eval
         results = []
         for k in range(len(earlier) + 1, config.iterations + 1):
-            result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k))
-            questioner, reasoner = result.questioner, result.reasoner
+            result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k), previous)
+            questioner, reasoner, previous = result.questioner, result.reasoner, result.stages["benchmark_eval"]
             results.append(result)
             if k == config.iterations or not all(s.cached for s in result.stages.values()):
                 publish_report(ctx, base_eval, earlier, results, folder, truth)  # not again for iterations only restored
@@ -271,15 +212,17 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
         raise
     summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start,
                             report_links(ctx))
+    log_iteration(client, run_id, 0, summary["base"]["probe"])
     for row in summary["iterations"]:
-        log_iteration(client, run_id, row["iteration"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
+        log_iteration(client, run_id, row["iteration"], _numbers(row))
+    log_iteration(client, run_id, config.iterations, {"kept_iteration": summary["kept_iteration"]})
     write_json(home_path / "runs" / run / "summary.json", summary)
     write_json(home_path / "summary.json", summary)
     client.log_artifact(run_id, str(home_path / "runs" / run / "summary.json"))
-    last, accuracy = results[-1], summary["iterations"][-1]["shapes_accuracy"]
-    register_model(client, REGISTERED_REASONER, last.models["reasoner"], {
-        "visplay.run": run, "visplay.run_id": run_id, "visplay.iteration": str(last.iteration),
-        **({"shapes_accuracy": f"{accuracy:.3f}"} if accuracy is not None else {})})
+    register_model(client, REGISTERED_REASONER, results[-1].models["reasoner"],
+                   _version_tags(run, run_id, summary["iterations"][-1]),
+                   aliases={line_alias(run, "best"): better_on_shapes})
+    keep_reasoner(client, exp, run, run_id, summary)
     client.set_terminated(run_id, "FINISHED")
     print(summary_table(summary))
     return summary
@@ -288,19 +231,43 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
 def _checkpoints(ctx: RunContext, row: dict) -> tuple[Checkpoint, Checkpoint] | None:
     """The updated Questioner and Reasoner of a finished iteration's summary row, restored from their stages
     (here, or from MLflow); None when one of them cannot be."""
-    found = []
-    for stage in ("questioner_grpo", "reasoner_grpo"):
-        key = row["stages"][stage]["key"]
-        folder, finished = stage_folder(ctx, stage, key)
-        if finished is None or not (folder / DONE).exists():
-            return None
-        found.append(Checkpoint(path=str(folder / "model"), key=key))
-    return found[0], found[1]
+    found = [_restored(ctx, row, stage) for stage in ("questioner_grpo", "reasoner_grpo")]
+    if None in found:
+        return None
+    return tuple(Checkpoint.of_stage(s) for s in found)
 
 
-def _slug(name: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+def _restored(ctx: RunContext, row: dict, stage: str) -> StageResult | None:
+    """A stage of a finished iteration's summary row, restored (here, or from MLflow); None when it cannot be."""
+    key = row["stages"][stage]["key"]
+    folder, finished = stage_folder(ctx, stage, key)
+    if finished is None or not (folder / DONE).exists():
+        return None
+    return StageResult(stage=stage, iteration=row["iteration"], key=key, folder=str(folder), run_id=finished,
+                       metrics=json.loads((folder / "metrics.json").read_text()), cached=True, seconds=0.0)
+
+
+def keep_reasoner(client, experiment: str, run: str, run_id: str, summary: dict) -> None:
+    """The Reasoner of the run's kept iteration (``measure.kept_iteration``) as a version of the registered
+    Reasoner, under the alias ``<run>-kept`` (a line's name for a line): chosen without a benchmark, the model a
+    run on a user's own images gives. Its logged model is found by its stage's cache key; a store that does not
+    hold it (an iteration run against another tracking store) gets no alias, and a warning."""
+    row = next(r for r in summary["iterations"] if r["iteration"] == summary["kept_iteration"])
+    key = row["stages"]["reasoner_grpo"]["key"]
+    found = client.search_logged_models([experiment], f"tags.`visplay.cache_key` = '{key}'", max_results=1)
+    if not found:
+        get_run_logger().warning("run %s keeps iteration %d, whose Reasoner this tracking store does not hold: no %s "
+                                 "alias", run, row["iteration"], line_alias(run, "kept"))
+        return
+    register_model(client, REGISTERED_REASONER, found[0].model_id, _version_tags(run, run_id, row),
+                   aliases={line_alias(run, "kept"): lambda new, held: True})
+
+
+def _version_tags(run: str, run_id: str, row: dict) -> dict[str, str]:
+    """The tags of a registered version of an iteration's Reasoner (``row``: its summary row)."""
+    accuracy = row["shapes_accuracy"]
+    return {"visplay.run": run, "visplay.run_id": run_id, "visplay.iteration": str(row["iteration"]),
+            **({"shapes_accuracy": f"{accuracy:.3f}"} if accuracy is not None else {})}
 
 
 def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict], results: list[IterationResult],
@@ -320,7 +287,7 @@ def publish_report(ctx: RunContext, base_eval: StageResult, earlier: list[dict],
     for name, content in files.items():
         (out / name).write_bytes(content)
     ctx.client.log_artifacts(last.mlflow_run_id, str(out), "report")
-    key = f"{_slug(ctx.run)}-iteration-{last.iteration}"
+    key = f"{slug(ctx.run)}-iteration-{last.iteration}"
     create_markdown_artifact(files["summary.md"].decode(), key=key, description=f"run {ctx.run}, iteration {last.iteration}")
     create_table_artifact(report.sample_table(data), key=f"{key}-questions",
                           description=f"sample questions of run {ctx.run}, iteration {last.iteration}")
@@ -336,6 +303,12 @@ def report_links(ctx: RunContext) -> dict[str, str]:
 def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earlier: list[dict],
                   results: list[IterationResult], folder: Path, truth: Path | None, seconds: float,
                   links: dict[str, str]) -> dict:
+    rows = [*earlier, *(
+        {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
+         "stages": {name: {"seconds": round(s.seconds, 3), "compute_seconds": round(s.compute_seconds, 3),
+                           "cached": s.cached, "key": s.key}
+                    for name, s in r.stages.items()}}
+        for r in results)]
     return {
         "run": run,
         "preset": config.preset,
@@ -346,14 +319,12 @@ def build_summary(run: str, config: VisPlayConfig, base_eval: StageResult, earli
                  "headroom": base_headroom(base_eval.metrics),
                  "glance_share": base_eval.metrics.get("shapes_glance_share"),
                  "sampled_glance_share": base_eval.metrics.get("shapes_sampled_glance_share"),
+                 "probe": {k: v for k, v in _probe_row(base_eval.metrics).items() if v is not None},
                  "stage": {"seconds": round(base_eval.seconds, 3), "compute_seconds": round(base_eval.compute_seconds, 3),
                            "cached": base_eval.cached}},
-        "iterations": [*earlier, *(
-            {"iteration": r.iteration, **_iteration_row(r.iteration, r.stages),
-             "stages": {name: {"seconds": round(s.seconds, 3), "compute_seconds": round(s.compute_seconds, 3),
-                               "cached": s.cached, "key": s.key}
-                        for name, s in r.stages.items()}}
-            for r in results)],
+        "iterations": rows,
+        "kept_iteration": kept_iteration(rows, config.selection),
+        "selection": config.selection.model_dump(),
         "seconds": round(seconds, 3),
     }
 
@@ -381,4 +352,17 @@ def summary_table(summary: dict) -> str:
         word, margin = gain_or_loss(last, base, n)
         lines.append(f"iteration {summary['iterations'][-1]['iteration']} against the base: {word} ({last - base:+.3f}; "
                      f"noise ±{margin:.3f}, two binomial standard errors at {n} items, one seed)")
+    if "kept_iteration" in summary:
+        lines.append(kept_line(summary))
     return "\n".join([f"run {summary['run']} ({summary['preset']}), {summary['seconds']:.1f} s"] + lines)
+
+
+def kept_line(summary: dict) -> str:
+    """One line on the iteration the run keeps, and why."""
+    kept, selection = summary["kept_iteration"], summary["selection"]
+    row = next(r for r in summary["iterations"] if r["iteration"] == kept)
+    value = None if selection["statistic"] == "last" else row.get(selection["statistic"])
+    why = ("the last iteration" if value is None else
+           f"{selection['best']} {selection['statistic']} {value:.3f}"
+           + (f", the earliest within {selection['tolerance']} of the best" if selection["tolerance"] else ""))
+    return f"kept iteration {kept} ({why}): its Reasoner is the run's output, chosen without ground truth"

@@ -6,7 +6,8 @@ otherwise, with its state under HOME (``prefect/`` for Prefect's database, ``mlf
 database server's (PostgreSQL, as Prefect and MLflow recommend for teams): ``up`` takes their URLs once and
 the home remembers them (``HOME/databases.json``, mode 0600) for every later ``up``. The servers' pids,
 ports and URLs go to ``HOME/servers.json``: ``down`` stops exactly those process groups, and
-``use_servers`` points a run at them.
+``use_servers`` points a run at them. Prefect's UI calls its API by a URL relative to its pages (so it works
+on any port, by any address) and shows no promotional content.
 
 A server counts as up only when its health check answers *and* its own process group listens on its
 port: a port taken by another program (another home's servers) fails ``up`` with the port and its holder
@@ -48,16 +49,6 @@ class ServerError(RuntimeError):
     """A server could not be started, or something else answers in its place."""
 
 
-def _write_private(path: Path, data: dict) -> None:
-    """``data`` as JSON in ``path`` (mode 0600), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def credentials(home: Path) -> dict[str, str]:
     """The home's server credentials, generated on first use into HOME/credentials.json (mode 0600)."""
     path = Path(home) / CREDENTIALS_FILE
@@ -65,7 +56,7 @@ def credentials(home: Path) -> dict[str, str]:
         return json.loads(path.read_text())
     creds = {"prefect_auth_string": f"visplay:{secrets.token_urlsafe(24)}", "mlflow_username": "visplay",
              "mlflow_password": secrets.token_urlsafe(24), "mlflow_secret_key": secrets.token_urlsafe(32)}
-    _write_private(path, creds)
+    write_json(path, creds, mode=0o600)
     return creds
 
 
@@ -77,7 +68,7 @@ def databases(home: Path, prefect: str | None = None, mlflow: str | None = None)
     given = {name: url for name, url in (("prefect", prefect), ("mlflow", mlflow)) if url}
     if given and {**known, **given} != known:
         known = {**known, **given}
-        _write_private(path, known)
+        write_json(path, known, mode=0o600)
     return known
 
 
@@ -124,7 +115,14 @@ def _specs(home: Path, host: str, prefect_port: int, mlflow_port: int, creds: di
     check. ``creds``: require authentication with these credentials; ``dbs``: database URLs by server."""
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     prefect_url, mlflow_url = f"http://{connect}:{prefect_port}", f"http://{connect}:{mlflow_port}"
-    prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect_env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   # the API the UI's pages call, relative: this server, at whatever address and port the browser
+                   # reached it by (Prefect's default follows its API port setting, not --port, and names a host)
+                   "PREFECT_SERVER_UI_API_URL": "/api",
+                   "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",  # no upgrade prompts, no community pop-up
+                   # concurrency slots' leases on disk (HOME/prefect/concurrency_leases): a restarted server gives
+                   # back the slots of runs that died meanwhile (kept in memory, they would stay taken for good)
+                   "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"}
     if dbs.get("prefect"):
         prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url(dbs["prefect"])
     else:  # SQLite: one writer at a time

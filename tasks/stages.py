@@ -22,7 +22,7 @@ from visplay_core import world
 from visplay_core.config import code_versions
 from visplay_core.corpus import Manifest, load_images, scenes_by_id
 from visplay_core.io import read_jsonl, write_json, write_jsonl
-from visplay_core.measure import measure_iteration
+from visplay_core.measure import measure_iteration, probe_statistics, probe_truth, question_diversity
 from visplay_core.rewards import Candidate, Vote, answerable_confidence, curate, is_unanswerable, questioner_rewards
 
 from .tracking import RunContext, StageResult, run_stage, stage_key
@@ -30,8 +30,8 @@ from .tracking import RunContext, StageResult, run_stage, stage_key
 # Each stage's format number, part of its cache key with the code's versions (``code_versions``): bump it
 # when what the stage writes, or how it computes it, changes in a way its configuration does not show;
 # its finished copies are then recomputed, and so is every stage after it (their inputs' keys change).
-FORMATS = {"question_rollout": 1, "confidence_scoring": 2, "questioner_grpo": 1, "candidate_generation": 2,
-           "threshold_filtering": 1, "reasoner_grpo": 1, "benchmark_eval": 3}
+FORMATS = {"question_rollout": 1, "confidence_scoring": 2, "questioner_grpo": 2, "candidate_generation": 2,
+           "threshold_filtering": 1, "reasoner_grpo": 2, "benchmark_eval": 4}
 
 # torch, transformers and TRL (and the modules that import them) are imported where a stage computes, so
 # that a run whose stages are all restored starts in seconds.
@@ -58,6 +58,11 @@ class Checkpoint(BaseModel):
                     content.update(chunk)
             digest.update(f"{file.name}\0{content.hexdigest()}\n".encode())
         return Checkpoint(path=str(path), key=digest.hexdigest()[:16])
+
+    @staticmethod
+    def of_stage(stage: StageResult) -> "Checkpoint":
+        """The model a GRPO stage wrote (``<its folder>/model``), keyed by the stage's key."""
+        return Checkpoint(path=str(Path(stage.folder) / "model"), key=stage.key)
 
 
 class ImageSet(BaseModel):
@@ -158,10 +163,6 @@ def _question_metrics(rows: list[dict], unanswerable_vote_share: float) -> dict:
     }
 
 
-def _checkpoint_key(stage: StageResult) -> Checkpoint:
-    return Checkpoint(path=str(Path(stage.folder) / "model"), key=stage.key)
-
-
 @task(name="question_rollout", cache_policy=NO_CACHE)
 def question_rollout(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint, images: ImageSet) -> StageResult:
     """The current Questioner writes G questions per image (before its update)."""
@@ -246,12 +247,15 @@ def questioner_grpo(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint
 @task(name="candidate_generation", cache_policy=NO_CACHE)
 def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Checkpoint, reasoner: Checkpoint,
                          images: ImageSet) -> StageResult:
-    """The updated Questioner writes N candidates per image; the Reasoner's vote labels each one."""
+    """The updated Questioner writes N candidates per image (or, by ``question_source``, the world's grammar
+    does); the Reasoner's vote labels each one."""
     cfg = ctx.config
     params = {"N": cfg.candidates_per_image, "m": cfg.method.m_curation, "temperature": cfg.questioner.temperature,
               "reasoner_temperature": cfg.reasoner.temperature, "max_new_tokens": cfg.questioner.max_new_tokens,
               "reasoner_max_new_tokens": cfg.reasoner.max_new_tokens, "engine": cfg.engine,
-              "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed}
+              "oracle": cfg.oracle_reasoner_error, "seed": cfg.seed,
+              # only where it is not the Questioner: the stages of runs from before the setting keep their keys
+              **({"source": cfg.question_source} if cfg.question_source != "questioner" else {})}
 
     def compute(out: Path) -> dict:
         from transformers import set_seed
@@ -259,9 +263,14 @@ def candidate_generation(ctx: RunContext, k: int, run_id: str, questioner: Check
 
         set_seed(cfg.seed + k)
         pictures = images.load()
-        rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
-                                        temperature=cfg.questioner.temperature,
-                                        max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + 10 * k)
+        if cfg.question_source == "questioner":
+            rows = selfplay.write_questions(_engine(ctx, questioner), pictures, images.ids, n=cfg.candidates_per_image,
+                                            temperature=cfg.questioner.temperature,
+                                            max_new_tokens=cfg.questioner.max_new_tokens, seed=cfg.seed + 10 * k)
+        else:  # the grammar: blind, or from each image's scene in the oracle arm (questions only, never answers)
+            oracle = cfg.question_source == "oracle-grammar"
+            scenes = scenes_by_id(images.truth, Manifest.load(images.folder)) if oracle else None
+            rows = selfplay.grammar_questions(images.ids, cfg.candidates_per_image, cfg.seed + 10 * k, scenes)
         rows = selfplay.score_rows(_scorer(ctx, reasoner, images, cfg.method.m_curation, cfg.seed + 100 * k + 2), pictures, rows)
         write_jsonl(out / "candidates.jsonl", rows)
         return _question_metrics(rows, cfg.method.unanswerable_vote_share)
@@ -318,27 +327,34 @@ def reasoner_grpo(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, im
 
 @task(name="benchmark_eval", cache_policy=NO_CACHE)
 def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, images: ImageSet,
-                   stages: dict[str, StageResult]) -> StageResult:
-    """The Reasoner on the configured benchmarks (ShapesBench, and the paper's at real scale), and on the
-    embedded world the oracle's view of the iteration: validity of the questions, true accuracy of the
-    pseudo-labels and their calibration."""
+                   stages: dict[str, StageResult], previous: StageResult | None = None) -> StageResult:
+    """The Reasoner on the configured benchmarks (ShapesBench, and the paper's at real scale); the diversity of
+    the iteration's questions; the Reasoner's answers to the run's probe of unlabeled questions and their
+    label-free statistics (``probe.*``, against the ``previous`` evaluation's answers); and on the embedded
+    world the oracle's view of the iteration: validity of the questions, true accuracy of the pseudo-labels and
+    their calibration, and of the probe's answers.
+
+    The probe (``eval.probe`` questions) is written once a run, by the first evaluation (the base's, with no
+    ``previous``): its model writes them as Questioner, one about each of its images in turn; every later
+    evaluation answers the questions of the one before it."""
     cfg = ctx.config
-    params = {"eval": cfg.eval.model_dump()}
+    params = {"eval": cfg.eval.model_dump(), "probe_votes": cfg.method.m_curation,
+              "probe_temperature": cfg.reasoner.temperature, "bleu": cfg.method.bleu,
+              "probe_writing": {"temperature": cfg.questioner.temperature,
+                                "max_new_tokens": cfg.questioner.max_new_tokens, "seed": cfg.seed}}
 
     def compute(out: Path) -> dict:
         from transformers import set_seed
-        from visplay_core.benchmarks import evaluate_benchmark
-        from visplay_core.evaluate import evaluate_shapes
+        from visplay_core.evaluate import evaluate_on
         from visplay_core.model import load_model, load_processor
 
         set_seed(cfg.seed)
-        model, processor = load_model(reasoner.path, cfg.trust_remote_code), load_processor(reasoner.path)
+        model = load_model(reasoner.path, cfg.trust_remote_code)
+        processor = load_processor(reasoner.path, cfg.trust_remote_code)
         votes = cfg.eval.votes if k == 0 or cfg.eval.votes_every_iteration else 0
-        results = {name: evaluate_shapes(model, processor, limit=cfg.eval.limit, shuffled=cfg.eval.shuffled,
-                                         votes=votes, temperature=cfg.reasoner.temperature, split=cfg.eval.split)
-                   if name == "shapes" else
-                   evaluate_benchmark(model, processor, name, source=cfg.eval.sources.get(name), limit=cfg.eval.limit,
-                                      votes=votes, temperature=cfg.reasoner.temperature)
+        results = {name: evaluate_on(name, model, processor, limit=cfg.eval.limit, votes=votes,
+                                     temperature=cfg.reasoner.temperature, shapes_split=cfg.eval.split,
+                                     shuffled=cfg.eval.shuffled, source=cfg.eval.sources.get(name))
                    for name in cfg.eval.benchmarks}
         files = {name: read_jsonl(Path(s.folder) / f) for name, s, f in (
             ("rollout", stages.get("confidence_scoring"), "scored.jsonl"),
@@ -347,6 +363,24 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
         scenes = scenes_by_id(images.truth, Manifest.load(images.folder)) if images.truth else {}
         truth = measure_iteration(files, scenes)
         write_json(out / "eval.json", {**results, **truth})
+        diversity = {f"{name}.{metric}": value for name in ("candidates", "curated") if name in files
+                     for metric, value in question_diversity(files[name], cfg.method.bleu,
+                                                             kinds=cfg.corpus == "embedded").items()}
+        before = read_jsonl(Path(previous.folder) / "probe.jsonl") if previous is not None else None
+        answered = []
+        if cfg.eval.probe:
+            from visplay_core.evaluate import answer_probe
+            from visplay_core.generation import HFEngine
+            from visplay_core.selfplay import probe_questions
+
+            questions = ([{"image_id": r["image_id"], "question": r["question"]} for r in before] if before is not None
+                         else probe_questions(HFEngine(model, processor), images.load(), images.ids, cfg.eval.probe,
+                                              cfg.questioner.temperature, cfg.questioner.max_new_tokens, cfg.seed))
+            pictures = load_images(images.folder, sorted({r["image_id"] for r in questions}))
+            answered = answer_probe(model, processor, pictures, questions, cfg.method.m_curation,
+                                    cfg.reasoner.temperature, seed=cfg.seed) if questions else []
+        write_jsonl(out / "probe.jsonl", answered)
+        probed = {**probe_statistics(answered, before), **probe_truth(answered, scenes)}
         shapes = results.get("shapes", {}).get("per_kind", {})
         return {**{f"{name}_{metric}": r[metric] for name, r in results.items()
                    for metric in ("accuracy", "pass_at_1", "majority_accuracy", "mean_entropy", "vote_wins", "greedy_wins",
@@ -355,7 +389,9 @@ def benchmark_eval(ctx: RunContext, k: int, run_id: str, reasoner: Checkpoint, i
                 **{f"{name}_headroom": r["majority_accuracy"] - r["accuracy"] for name, r in results.items()
                    if "majority_accuracy" in r},
                 **{f"shapes_accuracy.{kind}": row["accuracy"] for kind, row in shapes.items()},
-                **{k2: v for k2, v in truth.items() if isinstance(v, (int, float))}}
+                **{k2: v for k2, v in {**truth, **diversity, **probed}.items() if isinstance(v, (int, float))}}
 
     return _stage(ctx, k, run_id, "benchmark_eval",
-                  {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()}}, params, compute)
+                  {"reasoner": reasoner.key, **{name: s.key for name, s in stages.items()},
+                   **({"previous": previous.key} if previous is not None else {})},
+                  params, compute)

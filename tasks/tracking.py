@@ -16,6 +16,7 @@ import http.client
 import logging
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,7 @@ import httpx
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, LoggedModel, LoggedModelOutput, Metric, Param
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME
@@ -45,6 +47,9 @@ from visplay_core.config import VisPlayConfig
 from visplay_core.io import atomic_dir, write_json
 
 EXPERIMENT = "visplay"
+# The kind MLflow 3 records of an experiment (the tag its UI's experiment type selector sets): model training,
+# not GenAI. MLflow 3.17's UI opens an experiment in the view its URL names, though (see ``mlflow_run_url``).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DONE = "_COMPLETE"
 ROOT = Path(__file__).resolve().parent.parent
 RETRY_SECONDS = 300  # how long an MLflow call waits for its server to answer again
@@ -200,12 +205,17 @@ def tracking_uri(home: Path) -> str:
 
 
 def experiment_id(client: MlflowClient, home: Path) -> str:
+    """The id of the experiment of visplay's runs, created (of MLflow 3's kind model training) if missing; one
+    created before visplay marked its kind is marked once."""
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
+        if EXPERIMENT_KIND not in found.tags:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return found.experiment_id
     local = not os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
+        return client.create_experiment(EXPERIMENT, tags={EXPERIMENT_KIND: MODEL_TRAINING},
+                                        artifact_location=(home / "mlartifacts").resolve().as_uri() if local else None)
     except MlflowException as e:  # another run created it meanwhile (or this one, in an interrupted request)
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -234,8 +244,11 @@ def link_tags(entry_point: str) -> dict[str, str]:
 
 
 def mlflow_run_url(uri: str, experiment: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI, when the store is a server."""
-    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith(("http://", "https://")) else None
+    """The run's page in the MLflow UI, when the store is a server, in the UI's model training view: MLflow
+    3.17's UI picks an experiment's view from its ``workflowType`` (the URL's, else the browser's last choice,
+    else GenAI), not from the experiment's kind, and the run page's links to its experiment keep it."""
+    return (f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+            if uri.startswith(("http://", "https://")) else None)
 
 
 def cache_key(stage: str, inputs: dict[str, Any]) -> str:
@@ -419,11 +432,45 @@ def log_model(ctx: RunContext, run_id: str, stage: StageResult, role: str) -> Lo
     return model
 
 
-def register_model(client: MlflowClient, name: str, model_id: str, tags: dict[str, str]) -> None:
+AliasRule = Callable[[ModelVersion, ModelVersion | None], bool]  # (new version, the alias's version) -> move it?
+
+
+def slug(text: str) -> str:
+    """``text`` in lowercase letters, digits and dashes: a name that a Prefect artifact key, an MLflow alias and a
+    file name can all hold (``Sweep lr=1e-4`` → ``sweep-lr-1e-4``)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def line_alias(line: str, kind: str) -> str:
+    """The registered model's alias ``<line>-<kind>`` (``nightly-best``), the line's name as a ``slug``."""
+    return f"{slug(line)}-{kind}"
+
+
+def beats(accuracy: float | None, best: float | None) -> bool:
+    """Whether a version of ShapesBench accuracy ``accuracy`` beats the best one so far (``best``; None when
+    there is none, or it was not measured). An unmeasured version beats nothing."""
+    return accuracy is not None and (best is None or accuracy > best)
+
+
+def shapes_accuracy(version: ModelVersion | None) -> float | None:
+    """The ShapesBench accuracy a registered version is tagged with (None: none, or no version)."""
+    value = version.tags.get("shapes_accuracy") if version is not None else None
+    return None if value is None else float(value)
+
+
+def better_on_shapes(new: ModelVersion, held: ModelVersion | None) -> bool:
+    """The rule of ``<line>-best``: it moves to the new version only when its ShapesBench accuracy beats that of
+    the version it points at."""
+    return beats(shapes_accuracy(new), shapes_accuracy(held))
+
+
+def register_model(client: MlflowClient, name: str, model_id: str, tags: dict[str, str],
+                   aliases: dict[str, AliasRule] | None = None) -> None:
     """The logged model ``model_id`` as a version of the registered model ``name`` (created if missing), tagged
     ``tags``. Its source is ``models:/<model_id>``, so the version and the logged model link to each other (tag
     ``mlflow.modelVersions`` on the model). A logged model is registered once: a run whose last Reasoner is a
-    version already (a rerun that restored it) adds none."""
+    version already (a rerun that restored it) adds none. ``aliases``: each alias moves to the version when
+    its rule says so, given the version it points at (None when it points at none)."""
     source = f"models:/{model_id}"
     try:
         client.create_registered_model(name)
@@ -432,14 +479,19 @@ def register_model(client: MlflowClient, name: str, model_id: str, tags: dict[st
             raise
     found = client.search_model_versions(f"name = '{name}' and source_path = '{source}'")
     if found:
-        version = found[0].version
+        version = found[0]
     else:
         with _process_tracking_uri(client.tracking_uri):
-            version = client.create_model_version(name, source, tags=tags, model_id=model_id, await_creation_for=0).version
+            version = client.create_model_version(name, source, tags=tags, model_id=model_id, await_creation_for=0)
     listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
-    entry = {"name": name, "version": int(version)}
+    entry = {"name": name, "version": int(version.version)}
     if entry not in listed:  # a server lists it itself, a local store does not
         client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
+    held = client.get_registered_model(name).aliases
+    for alias, moves in (aliases or {}).items():
+        if moves(version, client.get_model_version(name, held[alias]) if alias in held else None):
+            client.set_registered_model_alias(name, alias, version.version)
+            _say(f"{name}@{alias} is now version {version.version}")
 
 
 @contextmanager

@@ -1,8 +1,10 @@
-"""Network helpers for the tests that start real servers: a free loopback port, and a proxy that breaks a
-request on purpose."""
+"""Network helpers for the tests that start real servers: a free loopback port, a proxy that breaks a
+request on purpose, and a webhook that keeps what is posted to it."""
 
 import http.client
+import json
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -126,3 +128,41 @@ class CuttingProxy:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
         return Handler
+
+
+class Webhook:
+    """A local webhook: an HTTP server on a free loopback port that answers 204 to every POST and keeps the
+    JSON bodies posted to it, in order, with the path each was posted to."""
+
+    def __init__(self):
+        self.port, self.posts = free_port(), queue.Queue()
+        received = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.put((self.path, self.headers.get("Content-Type"), json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/nights"
+
+    def next(self, timeout: float) -> tuple[str, str, dict]:
+        """The next post (path, content type, body); fails after ``timeout`` seconds without one."""
+        try:
+            return self.posts.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"nothing was posted to {self.url} in {timeout:.0f} s") from None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,5 +1,6 @@
 """ShapesBench: a fixed, balanced held-out set scored per kind, with a question-only baseline."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -142,3 +143,19 @@ def test_score_on_hand_made_items():
     assert result["question_only_baseline"] == pytest.approx(expected_baseline)
     assert result["per_kind"]["count"]["accuracy"] == 0.5
     assert result["per_kind"]["count"]["n"] == 2
+
+
+def test_the_question_only_table_is_drawn_once_and_read_back_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    drawn = []
+    monkeypatch.setattr(bench, "draw_question_only_table",
+                        lambda: drawn.append(1) or ({"Is there a red circle?": "yes"}, {"exists": "no"}))
+    path = bench.question_only_cache()
+    assert path.parent == tmp_path / "visplay" and bench.VERSION in path.name
+    table = bench._question_only_table.__wrapped__()  # nothing kept yet: drawn, then kept
+    assert table == ({"Is there a red circle?": "yes"}, {"exists": "no"}) and len(drawn) == 1
+    assert bench._question_only_table.__wrapped__() == table and len(drawn) == 1  # read back, not drawn
+    path.write_text('{"by_question": {"Is th')  # a copy cut short is drawn again
+    assert bench._question_only_table.__wrapped__() == table and len(drawn) == 2
+    assert json.loads(path.read_text()) == {"by_question": table[0], "by_kind": table[1]}
+

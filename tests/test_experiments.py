@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from flows import experiments
 from flows.cli import main
-from tasks.tracking import EXPERIMENT
+from tasks.tracking import EXPERIMENT, slug
 from visplay_core import world
 from visplay_core.bootstrap import world_texts
 from visplay_core.config import ConfigError, load_config
@@ -31,6 +31,32 @@ def test_grids_multiply():
     arms = experiments.arms_of(["a=1,2", "b=x,y,z"])
     assert len(arms) == 6
     assert arms[0] == ("a=1 b=x", ["a=1", "b=x"]) and arms[-1] == ("a=2 b=z", ["a=2", "b=z"])
+
+
+def test_grid_of_arms_that_set_different_keys():
+    assert experiments.parse_grid("- | a=1 b=2 | c=3") == [[], ["a=1", "b=2"], ["c=3"]]
+    assert experiments.arms_of(["- | a=1", "s=1,2"]) == [("s=1", ["s=1"]), ("s=2", ["s=2"]),
+                                                         ("a=1 s=1", ["a=1", "s=1"]), ("a=1 s=2", ["a=1", "s=2"])]
+    for bad in ("a=1 | ", "a=1 | b", "a=1 | =2", "- | a="):
+        with pytest.raises(ValueError, match="key=value overrides"):
+            experiments.parse_grid(bad)
+
+
+def test_ablation_arms_each_change_only_their_setting():
+    arms = dict(experiments.arms_of(experiments.shipped_grids("ablations", "study", [])))
+    assert arms == {"config": [], "questioner.steps=0": ["questioner.steps=0"],
+                    "question_source=grammar questioner.steps=0": ["question_source=grammar", "questioner.steps=0"],
+                    "question_source=oracle-grammar questioner.steps=0": ["question_source=oracle-grammar",
+                                                                          "questioner.steps=0"],
+                    "method.diversity_weight=0": ["method.diversity_weight=0"]}
+    study = load_config("study")
+    for overrides in arms.values():  # each arm is a valid configuration, the study's but for its own keys
+        changed = {k for k, v in load_config("study", overrides).model_dump().items() if study.model_dump()[k] != v}
+        assert changed <= {o.split("=")[0].split(".")[0] for o in overrides}
+    window = [dict(o.split("=") for o in overrides)
+              for _, overrides in experiments.arms_of(experiments.shipped_grids("thresholds", "demo", []))]
+    assert window[0] == {"method.tau_low": "0", "method.tau_high": "1"}  # no window: every candidate with a majority
+    assert load_config("demo", [f"{k}={v}" for k, v in window[0].items()]).method.tau_high == 1
 
 
 def test_iterations_experiment_keeps_the_total_grpo_budget():
@@ -71,6 +97,34 @@ def test_comparison_means_spreads_and_verdicts():
     assert "| base (reference) |" in table and "| A | 2 |" in table and "0.720 ± 0.028" in table
 
 
+def test_comparison_per_iteration_and_the_kept_iteration():
+    def seed(accuracies, kept, bleu):
+        summary = _summary(0.5, accuracies)
+        for it, b in zip(summary["iterations"], bleu):
+            it.update({"pairwise_bleu": b, "glance_share": 0.0, "distinct_per_image": 4.0,
+                       "probe.vote_disagreement": 0.25, "probe.oracle_accuracy": 0.5})
+        summary["base"]["probe"] = {"probe.confidence": 0.9}
+        return {**summary, "kept_iteration": kept}
+
+    out = experiments.compare([{"arm": "A", "seed": 0, "summary": seed([0.60, 0.70, 0.64], 2, [0.2, 0.3, 0.4])},
+                               {"arm": "A", "seed": 1, "summary": seed([0.60, 0.66, 0.62], 3, [0.4, 0.5, 0.6])}])
+    [a] = out["arms"]
+    assert a["kept_iteration"] == [2, 3] and a["kept_accuracy"]["mean"] == pytest.approx((0.70 + 0.62) / 2)
+    base, _, second, _ = a["by_iteration"]  # the base (iteration 0), then each iteration
+    assert base["iteration"] == 0 and base["gain"]["mean"] == 0 and base["probe.confidence"]["mean"] == 0.9
+    assert second["iteration"] == 2 and second["gain"]["mean"] == pytest.approx(0.18)
+    assert second["pairwise_bleu"]["mean"] == pytest.approx(0.4)
+    # noise: the spread of 0.70, 0.66 (0.028) is below two standard errors at 300 items: 2 * sqrt(0.25 / 300) = 0.0577
+    assert second["noise"] == pytest.approx(0.057735, abs=1e-6) and a["noise"] == pytest.approx(0.057735, abs=1e-6)
+    assert a["accuracy_by_iteration"] == pytest.approx([0.60, 0.68, 0.63])
+    table = experiments.comparison_markdown("ablations", out)
+    assert "| A | 2 | 0.500 ± 0.000 | 0.630 ± 0.014 | +0.130 ± 0.014 | ±0.058 |" in table
+    assert "| 2, 3 | 0.660 ± 0.057 |" in table  # each seed's kept iteration, and their accuracy
+    assert "| A | 2 | 0.680 ± 0.028 | +0.180 ± 0.028 | ±0.058 |" in table  # the per-iteration table's row of iteration 2
+    assert "| vote_disagreement |" in table and "| probe acc. (truth) |" in table
+    assert "| 0.400 ± 0.141 | 0.00 ± 0.00 | 0.250 ± 0.000 | - | - | - | 0.500 ± 0.000 |" in table
+
+
 def test_arms_from_different_bases_are_judged_against_their_own():
     out = experiments.compare([{"arm": "weak", "seed": 0, "summary": _summary(0.3, [0.5])},
                                {"arm": "strong", "seed": 0, "summary": _summary(0.8, [0.78])}])
@@ -97,7 +151,7 @@ def test_headroom_comparison_pairs_each_base_headroom_with_its_gain():
     assert experiments.gain_plot(out)[:4] == b"\x89PNG"
     # without votes there is no headroom to show: the table keeps its usual columns
     plain = experiments.comparison_markdown("t", experiments.compare([{"arm": "A", "seed": 0, "summary": _summary(0.5, [0.5])}]))
-    assert "| base headroom |" not in plain and "| gain |" not in plain
+    assert "| base headroom |" not in plain and "| ShapesBench acc. | gain | noise |" in plain
 
 
 SCENE = Scene((Obj("circle", "red", "small", 1, 1), Obj("square", "blue", "large", 2, 3)), background=240)
@@ -153,7 +207,7 @@ def test_threshold_sweep_reuses_every_questioner_stage(home, capsys):
     arms = ["method.tau_low=0.1 method.tau_high=0.9", "method.tau_low=0.25 method.tau_high=0.75",
             "method.tau_low=0.4 method.tau_high=0.6"]
     assert _table_arms(home, "thresholds") == arms
-    first, *later = [_stages(home, f"thresholds-{experiments._slug(a)}-s0") for a in arms]
+    first, *later = [_stages(home, f"thresholds-{slug(a)}-s0") for a in arms]
     assert not any(s["cached"] for s in first.values())
     for stages in later:  # only curation and what follows it are recomputed
         assert all(stages[s]["cached"] for s in QUESTIONER_STAGES)
@@ -172,9 +226,9 @@ def test_threshold_sweep_reuses_every_questioner_stage(home, capsys):
 def test_oracle_experiment_studies_the_questioner_alone(home):
     assert main(["experiment", "oracle", "--config", "smoke", "--set", "iterations=1", "--home", str(home)]) == 0
     assert _table_arms(home, "oracle") == [f"oracle_reasoner_error={e}" for e in ("null", "0.0", "0.3")]
-    model_arm = _stages(home, f"oracle-{experiments._slug('oracle_reasoner_error=null')}-s0")
+    model_arm = _stages(home, f"oracle-{slug('oracle_reasoner_error=null')}-s0")
     assert all(s["cached"] for s in model_arm.values())  # the same run as the sweep's middle arm
-    exact = _stages(home, f"oracle-{experiments._slug('oracle_reasoner_error=0.0')}-s0")
+    exact = _stages(home, f"oracle-{slug('oracle_reasoner_error=0.0')}-s0")
     assert not exact["confidence_scoring"]["cached"]
     scored_file = home / "stages" / f"confidence_scoring-{exact['confidence_scoring']['key']}" / "scored.jsonl"
     scored = [json.loads(r) for r in scored_file.read_text().splitlines()]

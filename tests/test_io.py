@@ -110,3 +110,13 @@ def test_jsonl_round_trip(tmp_path):
     assert read_jsonl(path) == []
     path.write_text('{"a": 1}\n\n  \n{"b": 2}\n')  # blank lines are skipped
     assert read_jsonl(path) == [{"a": 1}, {"b": 2}]
+
+
+def test_a_secret_is_never_readable_by_others_not_even_while_it_is_written(tmp_path):
+    path = tmp_path / "credentials.json"
+    write_json(path, {"password": "x"}, mode=0o600)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"password": "x"}
+    write_json(path, {"password": "y"}, mode=0o600)  # a rewrite stays private
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["credentials.json"]

@@ -4,8 +4,8 @@ MLflow server (started here, SQLite behind it, its registry) and the real tiny m
 import json
 import os
 import re
-import shutil
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from flows import cli
 from flows.deploy import schedule_plan, visplay_nightly
-from flows.self_evolution import STAGES, LineError, self_evolution
+from flows.line import LineError, check_line_name, limit_name, read_line
+from flows.self_evolution import STAGES, self_evolution
 from tasks import stages as stage_tasks
-from tasks.tracking import EXPERIMENT
+from tasks.tracking import EXPERIMENT, RunInProgressError, experiment_id, tracking_client, tracking_uri
 from visplay_core.config import load_config, preset_names
 from tests.net import mlflow_server as start_mlflow
 
@@ -69,7 +70,21 @@ def test_each_advance_adds_one_iteration_from_the_last_one(line):
     assert not any(s["cached"] for s in second["iterations"][1]["stages"].values())
     assert _keys(second)[0] == _keys(first)[0]
     assert json.loads((home / "summary.json").read_text())["iterations"] == second["iterations"]
-    assert json.loads((home / "lines" / f"{LINE}.json").read_text())["finished"] == 2
+
+
+def test_the_line_is_an_mlflow_run_and_the_homes_file_a_copy(line, mlflow_server, tmp_path):
+    home, _, second = line
+    record = read_line(home, LINE)
+    assert (record["finished"], record["target"], record["preset"]) == (2, 2, "smoke")
+    assert record["settings"] == load_config("smoke", OVERRIDES).model_copy(update={"iterations": 1}).model_dump(mode="json")
+    assert json.loads((home / "lines" / f"{LINE}.json").read_text()) == record
+    client = MlflowClient(mlflow_server)
+    [run] = _runs(client, "tags.`visplay.level` = 'line'")
+    assert run.info.run_id == record["run_id"] and run.info.run_name == f"line {LINE}"
+    assert run.data.tags["visplay.line.finished"] == "2" and run.data.tags["visplay.line.config"] == record["config"]
+    summary = Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)))
+    assert json.loads(summary.read_text())["iterations"] == second["iterations"]
+    assert read_line(tmp_path / "elsewhere", LINE) == record  # any home pointed at the same MLflow sees it
 
 
 def test_two_advances_are_one_run_of_two_iterations(line):
@@ -121,7 +136,8 @@ def test_the_flow_run_holds_the_link_and_the_reports(line, mlflow_server):
     assert {f"{LINE}-mlflow", f"{LINE}-iteration-2", f"{LINE}-iteration-2-questions"} <= set(by_key)
     assert f"{LINE}-iteration-1" not in by_key  # iteration 1 was only restored: its report is on the first night's run
     [top] = _runs(MlflowClient(mlflow_server), f"attributes.run_name = '{LINE}-iteration-2'")
-    mlflow_url = f"{mlflow_server}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id}"
+    mlflow_url = (f"{mlflow_server}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id}"
+                  "?workflowType=machine_learning")
     assert by_key[f"{LINE}-mlflow"].data == f"[MLflow run {LINE}-iteration-2]({mlflow_url})"  # Prefect's link artifact
     links = {"Prefect flow run": top.data.tags["prefect.flow_run_url"], "MLflow run": mlflow_url}
     assert " · ".join(f"[{name}]({url})" for name, url in links.items()) in by_key[f"{LINE}-iteration-2"].data
@@ -178,7 +194,7 @@ def test_a_failed_advance_is_completed_by_the_next(line, monkeypatch):
     monkeypatch.setattr(stage_tasks, "curate", failing)
     with pytest.raises(Exception, match="injected failure"):
         visplay_nightly(line=LINE, preset="smoke", overrides=OVERRIDES, home=str(home))
-    assert json.loads((home / "lines" / f"{LINE}.json").read_text())["target"] == 3
+    assert read_line(home, LINE)["target"] == 3 and read_line(home, LINE)["finished"] == 2
     monkeypatch.setattr(stage_tasks, "curate", real_curate)
     assert cli.main(["advance", "--line", LINE, "--home", str(home)]) == 0  # the line's own configuration
     resumed = json.loads((home / "summary.json").read_text())
@@ -188,16 +204,32 @@ def test_a_failed_advance_is_completed_by_the_next(line, monkeypatch):
     assert _flow_runs(any_=[f"{LINE}-iterations-3-4"])[0].state.is_completed()
 
 
-def test_an_advance_goes_on_from_checkpoints_kept_only_in_mlflow(line):
-    home = line[0]
-    before = json.loads((home / "summary.json").read_text())["iterations"]
-    shutil.rmtree(home / "stages")
-    after = visplay_nightly(line=LINE, home=str(home))["iterations"]  # as a run of the form left at its defaults
+def test_another_home_goes_on_from_the_line_kept_only_in_mlflow(line, tmp_path, monkeypatch):
+    """A second machine's home, pointed at the same MLflow: no stage, line or summary of its own."""
+    before = json.loads((line[0] / "summary.json").read_text())["iterations"]
+    monkeypatch.setenv("VISPLAY_HOME", str(tmp_path))  # a worker's home
+    after = visplay_nightly(line=LINE)["iterations"]  # as a run of the form left at its defaults
     assert after[:-1] == before and after[-1]["iteration"] == len(before) + 1
     assert not any(s["cached"] for s in after[-1]["stages"].values())
     last = before[-1]["stages"]
-    assert all((home / "stages" / f"{s}-{last[s]['key']}" / "model" / "model.safetensors").exists()
+    assert all((tmp_path / "stages" / f"{s}-{last[s]['key']}" / "model" / "model.safetensors").exists()
                for s in ("questioner_grpo", "reasoner_grpo"))  # fetched from MLflow to start from
+    assert read_line(line[0], LINE)["finished"] == len(after)
+
+
+def test_one_advance_of_a_line_at_a_time_across_machines(line, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    before = read_line(line[0], LINE)
+    with concurrency(limit_name(LINE), strict=True):  # as an advance on another machine holds it
+        with pytest.raises(RunInProgressError, match=f"line {LINE} is already advancing: the slot of the Prefect "
+                           f"concurrency limit visplay-line-{LINE} is taken"):
+            visplay_nightly(line=LINE, home=str(tmp_path))
+    assert read_line(line[0], LINE) == before and not (tmp_path / "runs" / LINE / "summary.json").exists()
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(limit_name(LINE))
+    assert (limit.limit, limit.active_slots) == (1, 0)  # created by the first advance, every slot given back
 
 
 def test_a_line_keeps_its_configuration(line):
@@ -212,15 +244,15 @@ def test_a_line_keeps_its_configuration(line):
 def test_a_schedule_says_what_it_advances_and_refuses_a_line_it_would_fail_every_night(tmp_path):
     plan = schedule_plan(str(tmp_path), "fresh", "smoke", 2, "30 1 * * *", "Asia/Tokyo").splitlines()
     digest = load_config("smoke").model_copy(update={"iterations": 1}).digest()
-    assert plan[0] == f"serving visplay-nightly/nightly: line fresh, 2 iterations a run, configuration smoke {digest} (a new line)"
+    assert plan[0] == f"serving visplay-nightly/fresh: line fresh, 2 iterations a run, configuration smoke {digest} (a new line)"
     assert re.fullmatch(r"schedule '30 1 \* \* \*' in Asia/Tokyo: next run \d{4}-\d\d-\d\d 01:30 JST, fresh-iterations-1-2", plan[1])
     with pytest.raises(LineError, match="line fresh has not started"):
         schedule_plan(str(tmp_path), "fresh", "", 1, "30 1 * * *", "UTC")
     settings = load_config("smoke").model_copy(update={"iterations": 1})
-    (tmp_path / "lines").mkdir()
-    (tmp_path / "lines" / "old.json").write_text(json.dumps(
-        {"line": "old", "preset": "smoke", "config": digest, "settings": settings.model_dump(mode="json"),
-         "finished": 3, "target": 3}))
+    client = tracking_client(tracking_uri(tmp_path))  # a line's record, as its MLflow run holds it
+    client.create_run(experiment_id(client, tmp_path), run_name="line old", tags={
+        "visplay.level": "line", "visplay.line": "old", "visplay.line.preset": "smoke", "visplay.line.config": digest,
+        "visplay.line.settings": settings.model_dump_json(), "visplay.line.finished": "3", "visplay.line.target": "3"})
     plan = schedule_plan(str(tmp_path), "old", "", 1, "0 2 * * *", "UTC").splitlines()  # the line's own
     assert plan[0].endswith(f"configuration smoke {digest} (3 iterations finished)") and plan[1].endswith("old-iteration-4")
     with pytest.raises(LineError, match="line old grows from another configuration"):
@@ -230,11 +262,19 @@ def test_a_schedule_says_what_it_advances_and_refuses_a_line_it_would_fail_every
 @pytest.mark.parametrize("args, message", [(["--config", "nope"], "no such file or preset"),
                                            (["--config", "smoke", "--iterations", "0"], "at least 1"),
                                            (["--set", "group_size=2"], "a line keeps its own"),
-                                           ([], "line x has not started in .*: give the configuration it starts from")])
+                                           ([], "line x has not started in the MLflow store .*: give the "
+                                                "configuration it starts from")])
 def test_advance_refuses_bad_arguments_before_any_flow(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         cli.main(["advance", "--line", "x", "--home", str(tmp_path), *args])
     assert not (tmp_path / "lines").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "-x", "", "night 1", "it's"])
+def test_a_line_is_named_as_files_mlflow_filters_and_prefect_take_it(name):
+    with pytest.raises(LineError, match="a line's name is letters, digits, '.', '_' and '-'"):
+        check_line_name(name)
+    check_line_name("night-2.b_c")
 
 
 def test_the_run_form():

@@ -1,9 +1,13 @@
 """The hidden ground truth's view of an iteration: validity, true pseudo-label accuracy, calibration, per
-kind; against hand-computed values on one scene."""
+kind; and the label-free measures: question diversity, the probe's statistics, the kept iteration; against
+hand-computed values on one scene."""
 
 import pytest
 
-from visplay_core.measure import calibration, label_accuracy, measure_iteration, per_kind
+from visplay_core.config import SelectionConfig
+from visplay_core.measure import (calibration, distinct_per_image, kept_iteration, kind_shares, label_accuracy,
+                                  measure_iteration, pairwise_bleu, per_kind, probe_statistics, probe_truth,
+                                  question_diversity)
 from visplay_core.world import Obj, Scene
 
 # A small red circle at row 1, col 1 and a large blue square at row 2, col 3.
@@ -82,3 +86,86 @@ def test_the_summary_says_gain_or_loss_against_the_base():
     assert "iteration 1 against the base: gain (+0.100; noise ±0.057" in summary_table(summary)
     summary["iterations"][0]["shapes_accuracy"] = 0.58
     assert "against the base: within noise (-0.020" in summary_table(summary)
+
+
+# ---- label-free: question diversity, the probe, the kept iteration ----------------------------------------
+
+def q(image_id, question):
+    return {"image_id": image_id, "question": question}
+
+
+SAME, OTHER = "What color is the circle?", "Is there a red square"  # no word in common: BLEU 0
+DIVERSE = [q("a", SAME), q("a", " what color is  the circle?"), q("a", SAME), q("a", OTHER),
+           q("b", SAME), q("b", None), q("c", None)]
+
+
+def test_distinct_questions_per_image():
+    # a: SAME in two spellings and OTHER -> 2; b: 1 (the malformed one is no question); c: none -> 0
+    assert distinct_per_image(DIVERSE) == pytest.approx(1.0)
+    assert distinct_per_image([]) is None
+
+
+def test_pairwise_bleu_within_each_image_group():
+    group = [q("a", SAME), q("a", SAME), q("a", OTHER)]  # pairs: identical 1, and twice 0
+    assert pairwise_bleu(group) == pytest.approx(1 / 3)
+    two = group + [q("b", SAME), q("b", SAME), q("c", OTHER)]  # b: 1; c has one question: no pair
+    assert pairwise_bleu(two) == pytest.approx((1 / 3 + 1) / 2)
+    assert pairwise_bleu(two, "nltk") == pytest.approx((1 / 3 + 1) / 2)
+    assert pairwise_bleu([q("c", OTHER)]) is None
+
+
+def test_kind_shares_of_the_questions():
+    rows = [q("a", "How many circles are there?"), q("a", "Is there a red square?"), q("a", "Where is it?"),
+            q("b", "How many red objects are there?"), q("b", None)]
+    shares = kind_shares(rows)
+    assert shares == {"attribute": 0, "exists": 0.25, "count": 0.5, "count2": 0, "compare": 0, "spatial": 0,
+                      "invalid": 0.25}
+    assert kind_shares([q("a", None)]) == {}
+    flat = question_diversity(rows)
+    assert flat["kind_share.count"] == 0.5 and flat["distinct_per_image"] == 2.0
+    assert "kind_share.count" not in question_diversity(rows, kinds=False)
+
+
+def probe(question, greedy, shuffled, label, confidence):
+    return {"image_id": "a", "question": question, "greedy": greedy, "shuffled": shuffled, "label": label,
+            "confidence": confidence}
+
+
+PROBE = [probe("What color is the circle?", "red", "red", "red", 0.6),        # agrees; stable; truth red
+         probe("Is there a red square?", "yes", "no", "no", 0.8),              # disagrees; changes; truth no
+         probe("How many blue objects are there?", None, None, "1", 0.4),      # no answer: disagrees, changes
+         probe("What color is the triangle?", "blue", "blue", "blue", 1.0)]    # invalid for the scene
+
+
+def test_probe_statistics_by_hand():
+    stats = probe_statistics(PROBE)
+    assert stats == {"probe.questions": 4, "probe.vote_disagreement": 0.5, "probe.shuffle_stability": 0.5,
+                     "probe.agreement_previous": None, "probe.confidence": pytest.approx(0.7)}
+    previous = [{**r, "label": label} for r, label in zip(PROBE, ["red", "yes", "1", None])]
+    assert probe_statistics(PROBE, previous)["probe.agreement_previous"] == 0.5  # red, 1 the same; None matches nothing
+    assert probe_statistics(PROBE, previous[:3])["probe.agreement_previous"] is None  # not the same questions
+    assert probe_statistics([]) == {}
+
+
+def test_probe_truth_measures_greedy_and_majority_on_valid_questions():
+    # valid: circle (red), red square (no), blue objects (1); greedy right on the first only, majority on all three
+    assert probe_truth(PROBE, SCENES) == {"probe.oracle_validity": 0.75, "probe.oracle_accuracy": pytest.approx(1 / 3),
+                                          "probe.oracle_majority_accuracy": 1.0}
+    assert probe_truth(PROBE, {}) == {}
+
+
+def rows_of(values, statistic="probe.shuffle_stability"):
+    return [{"iteration": k, statistic: v} for k, v in enumerate(values)]
+
+
+def test_kept_iteration_by_a_label_free_statistic():
+    rows = rows_of([0.1, 0.5, 0.3, 0.32])  # iteration 0 (the base) is never kept, however low
+    assert kept_iteration(rows, SelectionConfig()) == 3  # "last" by default
+    lowest = SelectionConfig(statistic="probe.shuffle_stability")
+    assert kept_iteration(rows, lowest) == 2
+    assert kept_iteration(rows, lowest.model_copy(update={"best": "highest"})) == 1
+    assert kept_iteration(rows_of([0.1, 0.5, 0.32, 0.3]), lowest.model_copy(update={"tolerance": 0.05})) == 2  # earliest
+    assert kept_iteration(rows_of([0.1, 0.5, None, 0.3]), lowest) == 3  # an iteration without it is passed over
+    assert kept_iteration([{"iteration": 1}, {"iteration": 2}], lowest) == 2  # no row has it: the last
+    with pytest.raises(ValueError, match="no iteration"):
+        kept_iteration(rows_of([0.1]), lowest)

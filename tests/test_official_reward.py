@@ -151,7 +151,7 @@ def test_official_preset_matches_the_official_algorithm_on_random_batches():
     for _ in range(300):
         completions, confidences = random_batch(rng)
 
-        def score_confidence(questions, images, confidences=confidences):
+        def score_confidence(questions, images, step, confidences=confidences):
             return [None if q is None else c for q, c in zip(questions, confidences)]
 
         image_ids = [f"img{i // 4}" for i in range(len(completions))]
@@ -280,7 +280,7 @@ def _reward_on_one_rank(method_name: str) -> None:
     questions = RANK_QUESTIONS[rank]
     completions = ["garbage" if q is None else f"<question>{q}</question>" for q in questions]
     image_ids = [f"img{rank}"] * 3
-    reward_func = make_questioner_reward_func(lambda qs, images: [None if q is None else 0.5 for q in qs], method)
+    reward_func = make_questioner_reward_func(lambda qs, images, step: [None if q is None else 0.5 for q in qs], method)
     rewards = reward_func([None] * 3, completions, image_id=image_ids)
     whole = RANK_QUESTIONS[0] + RANK_QUESTIONS[1]
     expected = questioner_rewards([None if q is None else 0.5 for q in whole], whole, method,

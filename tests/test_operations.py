@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import ServerError, up
 from tasks.tracking import RunInProgressError, run_lock
-from tests.net import free_port
+from tests.net import Webhook, free_port
 from visplay_core.config import load_config, preset_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +30,7 @@ RUN = "nightly-test"
 HELD = "held-elsewhere"
 ITERATIONS = 2
 PARAMETERS = {"line": RUN, "preset": "smoke", "iterations": ITERATIONS, "overrides": ["eval.limit=12"]}
+NOTIFIED = "noisy-nights"
 REPORT_FILES = {"summary.md", "iteration.html", "questions.json", "grpo_rewards.png", "confidence_histogram.png",
                 "accuracy.png", "pseudo_label_accuracy.png", "plots.json"}
 
@@ -75,6 +76,22 @@ def servers(tmp_path_factory):
     _visplay("down", "--home", str(home))  # no-op when test_down already stopped them
 
 
+def _serve(home: Path, log, *args: str) -> subprocess.Popen:
+    """`visplay serve --home HOME ARGS` in a process group of its own, writing to ``log``."""
+    return subprocess.Popen([*VISPLAY, "serve", "--home", str(home), *args], cwd=ROOT,
+                            env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # picks a run up at once
+                                 "PREFECT_LOGGING_LEVEL": "INFO"},  # the run's log, as a user reads it
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(serve: subprocess.Popen) -> None:
+    os.killpg(serve.pid, signal.SIGTERM)
+    try:
+        serve.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(serve.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def served(servers):
     """`visplay serve` and one run triggered through the Prefect API; while it is in flight, a second run of
@@ -88,23 +105,19 @@ def served(servers):
 
     home, info = servers
     log = open(home / "serve.log", "w")
-    serve = subprocess.Popen([*VISPLAY, "serve", "--home", str(home), "--timezone", "Europe/Paris", "--line", RUN,
-                              "--config", "smoke"], cwd=ROOT,
-                             env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # picks the run up at once
-                                  "PREFECT_LOGGING_LEVEL": "INFO"},  # the run's log, as a user reads it
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    serve = _serve(home, log, "--timezone", "Europe/Paris", "--line", RUN, "--config", "smoke")
     start = time.time()
     try:
         with temporary_settings({PREFECT_API_URL: info["prefect"]["api"]}), get_client(sync_client=True) as client:
             def deployment():
                 try:
-                    return client.read_deployment_by_name("visplay-nightly/nightly")
+                    return client.read_deployment_by_name(f"visplay-nightly/{RUN}")
                 except Exception:
                     assert serve.poll() is None, (home / "serve.log").read_text()
                     return None
 
             found = _wait(deployment, 120, "the served deployment")
-            flow_run = run_deployment("visplay-nightly/nightly", parameters=PARAMETERS, timeout=0)
+            flow_run = run_deployment(f"visplay-nightly/{RUN}", parameters=PARAMETERS, timeout=0)
             _wait(lambda: _holder(home / "runs" / RUN / "lock"), 180, "the run to take its lock")
             try:  # a second run of the same name, while the first is in flight
                 self_evolution(config=load_config("smoke"), home=str(home), run_name=RUN)
@@ -122,16 +135,48 @@ def served(servers):
                                     sort=LogSort.TIMESTAMP_ASC)
         seconds = time.time() - start
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
+        _stop(serve)
         log.close()
     print(f"served run: {seconds:.0f} s from `visplay serve` to completion")
     return {"home": home, "info": info, "deployment": found, "flow_run": final, "second": second, "cli": cli,
             "artifacts": {a.key: a for a in artifacts}, "logs": [entry.message for entry in logs],
             "serve_log": (home / "serve.log").read_text()}
+
+
+@pytest.fixture(scope="module")
+def failed_nights(servers):
+    """`visplay serve --notify` with a local webhook, and two nights that go wrong: one whose flow raises (a
+    setting its configuration does not know: Failed, in the run's process) and one whose process is SIGKILLed
+    once it holds its line's lock, as the kernel's out-of-memory killer would (Crashed, by serve's runner).
+    What the webhook received, and each flow run as Prefect ends it."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home, info = servers
+    webhook, log = Webhook(), open(home / "serve-notify.log", "w")
+    serve = _serve(home, log, "--line", NOTIFIED, "--config", "smoke", "--notify", webhook.url)
+    try:
+        with temporary_settings({PREFECT_API_URL: info["prefect"]["api"]}), get_client(sync_client=True) as client:
+            def deployment():
+                assert serve.poll() is None, (home / "serve-notify.log").read_text()
+                served = [d for d in client.read_deployments() if d.parameters.get("line") == NOTIFIED]
+                return served and f"visplay-nightly/{served[0].name}"
+
+            name = _wait(deployment, 120, "the served deployment")
+            failing = run_deployment(name, parameters={"overrides": ["no_such_key=1"]}, timeout=0)
+            failed = webhook.next(300)
+            crashing = run_deployment(name, timeout=0)
+            holder = _wait(lambda: _holder(home / "runs" / NOTIFIED / "lock"), 300, "the night to take its lock")
+            os.kill(int(holder.split()[1]), signal.SIGKILL)
+            crashed = webhook.next(120)
+            runs = {"failed": client.read_flow_run(failing.id), "crashed": client.read_flow_run(crashing.id)}
+    finally:
+        _stop(serve)
+        webhook.close()
+        log.close()
+    return {"info": info, "posts": {"failed": failed, "crashed": crashed}, "runs": runs,
+            "serve_log": (home / "serve-notify.log").read_text()}
 
 
 def test_up_serves_both_on_loopback(servers):
@@ -145,6 +190,21 @@ def test_up_serves_both_on_loopback(servers):
     import urllib.request
     assert urllib.request.urlopen(info["prefect"]["health"]).read() == b"true"
     assert urllib.request.urlopen(info["mlflow"]["health"]).read() == b"OK"
+
+
+def test_the_prefect_ui_calls_its_own_api_and_shows_no_promotions(servers):
+    """On a port other than Prefect's default (the fixture's), the UI's pages call this server's API: a URL
+    relative to the page, so also when reached by another address (off loopback, through a tunnel)."""
+    import urllib.parse
+    import urllib.request
+
+    _, info = servers
+    assert info["prefect"]["port"] != 4200
+    page = f"{info['prefect']['url']}/ui-settings"
+    settings = json.loads(urllib.request.urlopen(page, timeout=30).read())
+    assert settings["api_url"] == "/api" and urllib.parse.urljoin(page, settings["api_url"]) == info["prefect"]["api"]
+    server = json.loads(urllib.request.urlopen(f"{info['prefect']['api']}/admin/settings", timeout=30).read())
+    assert server["server"]["ui"]["show_promotional_content"] is False
 
 
 def test_the_servers_stores_and_logs_are_their_owners_alone(servers):
@@ -330,7 +390,7 @@ def test_deployment_is_a_nightly_form_with_one_run_at_a_time(served):
 
 def test_serve_says_what_it_runs_and_when(served):
     plan = served["serve_log"].splitlines()[:2]
-    assert plan[0].startswith(f"serving visplay-nightly/nightly: line {RUN}, 1 iteration a run, configuration smoke ")
+    assert plan[0].startswith(f"serving visplay-nightly/{RUN}: line {RUN}, 1 iteration a run, configuration smoke ")
     assert plan[0].endswith("(a new line)")
     assert re.fullmatch(r"schedule '0 2 \* \* \*' in Europe/Paris: next run \d{4}-\d\d-\d\d 02:00 CES?T, "
                         f"{RUN}-iteration-1", plan[1]), plan
@@ -347,17 +407,21 @@ def test_triggered_run_completes_and_logs_to_the_mlflow_server(served):
     assert served["flow_run"].parameters == {**PARAMETERS, "home": str(served["home"].resolve())}
     client = MlflowClient(served["info"]["mlflow"]["api"])
     experiment = client.get_experiment_by_name("visplay")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the kind MLflow 3 records
     runs = client.search_runs([experiment.experiment_id], f"tags.`visplay.run` = '{RUN}'", max_results=1000)
     [top] = [r for r in runs if r.data.tags.get("visplay.level") == "run"]
     assert top.info.status == "FINISHED"
     flow_run = served["flow_run"]
     assert flow_run.name == top.info.run_name == f"{RUN}-iterations-1-{ITERATIONS}"
     assert top.data.tags["prefect.flow_run_id"] == str(flow_run.id)
-    assert top.data.tags["prefect.deployment"] == "visplay-nightly/nightly"
+    assert top.data.tags["prefect.deployment"] == f"visplay-nightly/{RUN}"  # named after its line
+    best = client.get_model_version_by_alias("visplay-reasoner", f"{RUN}-best")  # the line's first Reasoner is its best
+    assert best.tags["visplay.run_id"] == top.info.run_id
     assert top.data.tags["prefect.flow_run_url"] == f"{served['info']['prefect']['url']}/flow-runs/flow-run/{flow_run.id}"
     link = served["artifacts"][f"{RUN}-mlflow"]  # and back, on the flow run the deployment started
     assert link.flow_run_id == flow_run.id and link.data.startswith("[MLflow run ")  # Prefect renders links as markdown
-    assert f"{served['info']['mlflow']['url']}/#/experiments/{experiment.experiment_id}/runs/{top.info.run_id})" in link.data
+    assert (f"{served['info']['mlflow']['url']}/#/experiments/{experiment.experiment_id}/runs/{top.info.run_id}"
+            "?workflowType=machine_learning)") in link.data  # opens in MLflow's model training view, not GenAI
     assert "summary.json" in {a.path for a in client.list_artifacts(top.info.run_id)}
     stages = {(r.data.tags["visplay.iteration"], r.data.tags["visplay.stage"]): r for r in runs
               if r.data.tags.get("visplay.complete") == "true"}
@@ -410,6 +474,29 @@ def test_report_page_has_every_iteration_even_with_stage_folders_gone(served, tm
         assert 'class=thumb' in section
     for plot in ("accuracy.png", "pseudo_label_accuracy.png"):
         assert f'alt="{plot}" src="data:image/png;base64,' in page
+
+
+def test_serve_notifies_only_a_web_url():
+    from flows import cli
+
+    with pytest.raises(SystemExit, match=r"^visplay serve: --notify takes a webhook's http\(s\) URL \(got 'file:///tmp/x'\)$"):
+        cli.main(["serve", "--notify", "file:///tmp/x"])
+
+
+@pytest.mark.parametrize("how", ["failed", "crashed"])
+def test_a_night_that_fails_or_crashes_posts_to_the_webhook(failed_nights, how):
+    path, content_type, body = failed_nights["posts"][how]
+    flow_run = failed_nights["runs"][how]
+    assert flow_run.state.name == how.capitalize(), flow_run.state
+    assert (path, content_type) == ("/nights", "application/json")
+    ui = f"{failed_nights['info']['prefect']['url']}/runs/flow-run/{flow_run.id}"
+    assert body["line"] == NOTIFIED and body["flow_run"] == {"id": str(flow_run.id), "name": flow_run.name, "url": ui}
+    assert body["state"] == {"type": how.upper(), "name": how.capitalize(), "message": flow_run.state.message}
+    assert body["text"].startswith(f"visplay: the night of line {NOTIFIED} {how}: flow run {flow_run.name} (")
+    assert body["text"].endswith(f") {ui}")
+    why = {"failed": "no_such_key: Extra inputs are not permitted", "crashed": "Process exited with status code: -9"}
+    assert why[how] in body["state"]["message"], body["state"]["message"]
+    assert "a failed or crashed run posts to the webhook at 127.0.0.1" in failed_nights["serve_log"]
 
 
 def test_four_runs_at_once_against_one_pair_of_servers(servers):

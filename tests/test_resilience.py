@@ -1,9 +1,12 @@
 """Bad input and hard crashes: the smoke flow on a corpus full of bad files, a SIGKILL while a checkpoint
-is being written, a failed run's output; and servers that die under a run: an MLflow server killed and
-restarted (nothing lost), a Prefect server killed (the run leaves at once, its rerun resumes), `serve`
-after `visplay down`."""
+is being written, SIGKILLs right after each role's first GRPO trainer checkpoint (the resumed run ends with
+the uninterrupted run's numbers and weights), a failed run's output; and servers that die under a run: an
+MLflow server killed and restarted (nothing lost), a Prefect server killed (the run leaves at once, its
+rerun resumes), `serve` after `visplay down`."""
 
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -48,28 +51,56 @@ def test_smoke_flow_on_a_corpus_with_every_bad_case(mixed, tmp_path):
         assert run.data.metrics[f"corpus.skipped.{reason}"] == list(bad.values()).count(reason)
 
 
+# A smoke run in a child process, SIGKILLed (argv: home, when, config overrides) while the first GRPO stage
+# writes its model ("model-write"), or right after a role's GRPO stage wrote its first trainer checkpoint
+# ("questioner" or "reasoner").
 KILLER = textwrap.dedent("""
-    import os, signal, sys
+    import logging, os, signal, sys
+    from transformers import TrainerCallback
     from visplay_core import grpo
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def save_then_die(model, processor, path):
         model.save_pretrained(path)  # the weights are written, the processor never is
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
 
-    grpo.save_checkpoint = save_then_die
+    class DieOnSave(TrainerCallback):
+        def on_save(self, *args, **kwargs):  # called once the checkpoint is whole
+            die()
+
+    def trainer_that_dies(job, *args):
+        trainer = make_trainer(job, *args)
+        if job.role == sys.argv[2]:
+            trainer.add_callback(DieOnSave)
+        return trainer
+
+    if sys.argv[2] == "model-write":
+        grpo.save_checkpoint = save_then_die
+    else:
+        make_trainer, grpo.grpo_trainer = grpo.grpo_trainer, trainer_that_dies
+    logging.getLogger("visplay").addHandler(logging.StreamHandler())  # "GRPO <role>: resuming from ..."
+    logging.getLogger("visplay").setLevel(logging.INFO)
     from flows.self_evolution import self_evolution
     from visplay_core.config import load_config
-    self_evolution(config=load_config("smoke", ["iterations=1"]), home=sys.argv[1])
+    self_evolution(config=load_config("smoke", sys.argv[3:]), home=sys.argv[1])
 """)
 
 
-def test_sigkill_while_writing_a_checkpoint_redoes_that_stage(tmp_path):
-    # The child talks to this session's Prefect server: a temporary server of its own would outlive the
-    # SIGKILL and hold the output pipes open.
+def _killed_run(home: Path, when: str, *settings: str) -> str:
+    """The KILLER's run; returns what it wrote to stderr. The child talks to this session's Prefect server: a
+    temporary server of its own would outlive the SIGKILL and hold the output pipes open."""
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    home = tmp_path / "home"
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(home)], cwd=ROOT, env=env, capture_output=True, timeout=600)
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(home), when, *settings], cwd=ROOT, env=env,
+                            capture_output=True, timeout=600)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    return killed.stderr.decode()
+
+
+def test_sigkill_while_writing_a_checkpoint_redoes_that_stage(tmp_path):
+    home = tmp_path / "home"
+    _killed_run(home, "model-write", "iterations=1")
     assert not list((home / "stages").glob("questioner_grpo-*/_COMPLETE"))
     summary = self_evolution(config=load_config("smoke", ["iterations=1"]), home=str(home))
     stages = summary["iterations"][0]["stages"]
@@ -82,6 +113,55 @@ def test_sigkill_while_writing_a_checkpoint_redoes_that_stage(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.stage` = 'questioner_grpo'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+
+
+RESUMED = ["iterations=1", "eval.limit=6", "eval.votes=0"]  # smoke: 2 GRPO steps per role, each saved
+
+
+def test_runs_killed_after_each_roles_first_trainer_checkpoint_resume_to_the_uninterrupted_numbers(tmp_path, caplog):
+    uninterrupted = tmp_path / "uninterrupted"
+    reference = self_evolution(config=load_config("smoke", RESUMED), home=str(uninterrupted))
+    home = tmp_path / "killed"
+    _killed_run(home, "questioner", *RESUMED)
+    assert list(home.glob("work/questioner_grpo-*/checkpoint-1/trainer_state.json"))
+    assert not list(home.glob("stages/questioner_grpo-*/_COMPLETE"))
+    # The rerun resumes the Questioner's update from its checkpoint, and dies in the Reasoner's.
+    assert "GRPO questioner: resuming from " in _killed_run(home, "reasoner", *RESUMED)
+    assert list(home.glob("work/reasoner_grpo-*/checkpoint-1/trainer_state.json"))
+    with caplog.at_level(logging.INFO, logger="visplay"):
+        resumed = self_evolution(config=load_config("smoke", RESUMED), home=str(home))
+    assert "GRPO reasoner: resuming from " in caplog.text
+    expected = _stage_numbers(uninterrupted)
+    steps = [numbers["grpo"] for stage, numbers in expected.items() if "_grpo-" in stage]
+    assert len(steps) == 2 and all(log[0]["step"] == 1 and log[0]["grad_norm"] > 0 for log in steps)  # step 1 moved
+    assert _stage_numbers(home) == expected
+    assert _iteration_metrics(resumed) == _iteration_metrics(reference)
+    weights = _weights(uninterrupted)
+    assert len(weights) == 2 and _weights(home) == weights
+
+
+def _iteration_metrics(summary: dict) -> list[dict]:
+    """The base's and each iteration's row of a run's summary, without its stages' timings and model ids."""
+    return [summary["base"]["shapes_accuracy"],
+            *({k: v for k, v in row.items() if k not in ("stages", "models")} for row in summary["iterations"])]
+
+
+def _stage_numbers(home: Path) -> dict:
+    """Every stage's metrics, by stage folder (its name holds the stage's cache key: the keys of its inputs,
+    trained checkpoints included), without the wall-clock step times of the GRPO logs."""
+    numbers = {}
+    for metrics in home.glob("stages/*/metrics.json"):
+        values = json.loads(metrics.read_text())
+        if "grpo" in values:
+            values["grpo"] = [{k: v for k, v in row.items() if k != "step_time"} for row in values["grpo"]]
+        numbers[metrics.parent.name] = values
+    return numbers
+
+
+def _weights(home: Path) -> dict:
+    """A digest of each updated model's weights file, by stage."""
+    return {path.parent.parent.name.split("-")[0]: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in home.glob("stages/*_grpo-*/model/model.safetensors")}
 
 
 def test_a_failed_run_prints_its_traceback_once_and_one_last_line(tmp_path):
@@ -179,9 +259,9 @@ def test_mlflow_server_killed_mid_request_and_restarted_loses_nothing(served_hom
     proxy.close()
     assert run.returncode == 0, err[-3000:]
     assert "'loss'" not in out + err and "Loading weights" not in err and "Traceback" not in err  # one bar per GRPO stage
-    lines = out.strip().splitlines()  # ends with the summary table, the base's headroom and the verdict
-    assert lines[-4].startswith("base ") and lines[-2].startswith("base headroom ")
-    assert lines[-1].startswith("iteration 1 against the base: ")
+    lines = out.strip().splitlines()  # ends with the summary table, the base's headroom, the verdict, the kept one
+    assert lines[-5].startswith("base ") and lines[-3].startswith("base headroom ")
+    assert lines[-2].startswith("iteration 1 against the base: ") and lines[-1].startswith("kept iteration 1 ")
     client = MlflowClient(servers["mlflow"]["api"])
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                               "tags.`visplay.run` = 'mlflow-restarted' and tags.`visplay.complete` = 'true'")

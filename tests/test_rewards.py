@@ -16,7 +16,7 @@ from visplay_core.rewards import (
     make_questioner_reward_func,
     questioner_rewards,
     reasoner_accuracy_reward,
-    reasoner_reward,
+    reasoner_reward_funcs,
     uncertainty_reward,
 )
 
@@ -282,8 +282,10 @@ def test_curate_empty():
     ],
 )
 def test_reasoner_reward(completion, paper, official):
-    assert reasoner_reward(completion, "2", PAPER) == pytest.approx(paper)
-    assert reasoner_reward(completion, "2", OFFICIAL) == pytest.approx(official)
+    for method, expected in ((PAPER, paper), (OFFICIAL, official)):
+        funcs, weights = reasoner_reward_funcs(method)  # as GRPO weighs them
+        rewards = [f(prompts=["q"], completions=[as_messages(completion)], pseudo_label=["2"])[0] for f in funcs]
+        assert sum(w * r for w, r in zip(weights, rewards)) == pytest.approx(expected)
 
 
 # --- TRL adapters --------------------------------------------------------------------------------
@@ -311,8 +313,8 @@ def test_reasoner_trl_rewards(wrap):
 def test_questioner_reward_func(wrap):
     calls = []
 
-    def score_confidence(questions, images):
-        calls.append((questions, images))
+    def score_confidence(questions, images, step):
+        calls.append((questions, images, step))
         return [None if q is None else 0.5 for q in questions]
 
     reward_func = make_questioner_reward_func(score_confidence, PAPER)
@@ -322,7 +324,7 @@ def test_questioner_reward_func(wrap):
     rewards = reward_func([None] * 4, completions, image_id=image_ids, trainer_state=None)
     # img1: two unlike questions, 1 - 1/2 each; img2: one question alone (penalty 1) and an invalid one.
     assert rewards == [0.5, 0.5, 0.0, 0.0]
-    assert calls == [(DISTINCT[:3] + [None], image_ids)]
+    assert calls == [(DISTINCT[:3] + [None], image_ids, 0)]
 
     reward_func([None] * 4, completions, image_id=image_ids, image=["I1", "I1", "I2", "I2"])
     assert calls[-1][1] == ["I1", "I1", "I2", "I2"]

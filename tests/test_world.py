@@ -313,6 +313,30 @@ def test_sample_question_is_deterministic():
     assert a[0] == a[1] == a[2]
 
 
+def test_blind_questions_are_the_grammar_drawn_without_the_image():
+    rng = random.Random(0)
+    drawn = [world.blind_question(rng) for _ in range(400)]
+    assert drawn[:5] == [world.blind_question(r) for r in [random.Random(0)] for _ in range(5)]  # seeded
+    assert {world.question_kind(q) for q in drawn} == set(world.KINDS)  # every question parses, every kind comes
+    # blind: on one scene some are valid and some not, where sample_question's always are
+    answers = [world.oracle(TWO, q) for q in drawn]
+    assert 0 < answers.count(None) < len(answers)
+    assert "Are there more circles than circles?" in drawn  # even a question no scene makes valid
+
+
+def test_grammar_candidates_blind_or_from_the_scene():
+    from visplay_core.selfplay import grammar_questions
+
+    blind = grammar_questions(["a", "b"], 3, seed=1)
+    assert [r["image_id"] for r in blind] == ["a"] * 3 + ["b"] * 3
+    assert blind == grammar_questions(["a", "b"], 3, seed=1) and all(r["completion"] is None for r in blind)
+    rng = random.Random(1)
+    assert [r["question"] for r in blind] == [world.blind_question(rng) for _ in range(6)]
+    one = Scene((Obj("circle", "red", "small", 1, 1),), background=240)
+    oracle = grammar_questions(["a", "b"], 20, seed=1, scenes={"a": TWO, "b": one})
+    assert all(world.oracle({"a": TWO, "b": one}[r["image_id"]], r["question"]) is not None for r in oracle)
+
+
 def test_reasoning_lists_the_objects_each_question_refers_to():
     scene = world.Scene((world.Obj("circle", "red", "large", 1, 2), world.Obj("square", "blue", "small", 3, 1),
                          world.Obj("circle", "blue", "small", 2, 4)), 240)

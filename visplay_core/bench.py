@@ -7,12 +7,17 @@ independent sample of the same distribution) and the model's own accuracy on shu
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from . import world
+from .io import write_json
 from .rewards import majority_vote
 
 VERSION = "shapes-v3"
@@ -74,8 +79,36 @@ def training_question(scene: world.Scene, rng: random.Random, balanced: bool = T
             or world.sample_question(scene, rng, kind=kind) or world.sample_question(scene, rng))
 
 
+def question_only_cache() -> Path:
+    """Where the question-only table is kept, named by the code that draws it (this module and the world's):
+    ``$XDG_CACHE_HOME/visplay`` (default ``~/.cache/visplay``). Drawing it takes about 10 s of pure Python, in
+    every process that scores ShapesBench; read from here, milliseconds."""
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(world.__file__).read_bytes()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "visplay" / f"question-only-{VERSION}-{code}.json"
+
+
 @lru_cache(maxsize=1)
 def _question_only_table() -> tuple[dict, dict]:
+    """The question-only table, from ``question_only_cache()`` when a whole copy is there, else drawn and kept
+    there (an unwritable cache only costs the draw)."""
+    path = question_only_cache()
+    try:
+        kept = json.loads(path.read_text())
+        return kept["by_question"], kept["by_kind"]
+    except (OSError, ValueError, KeyError):
+        pass
+    table = draw_question_only_table()
+    try:
+        write_json(path, {"by_question": table[0], "by_kind": table[1]})
+    except OSError:
+        pass
+    return table
+
+
+def draw_question_only_table() -> tuple[dict, dict]:
+    """The most common answer to each question text, and to each kind, on an independent sample of 5,000
+    items a kind."""
     by_question, by_kind = defaultdict(Counter), defaultdict(Counter)
     for item in sample_items(SEED + 1, 5000):
         by_question[item.question][item.answer] += 1

@@ -83,19 +83,41 @@ class EvalConfig(BaseModel):
                                   description="shapes, mmmu, mm-vet, realworldqa, visnumbench, mathverse, "
                                               "math-vision, hallusionbench")
     sources: dict[str, str] = Field(default_factory=dict, description="benchmark name -> its data (default ./data/<name>)")
+    probe: int = Field(64, ge=0, description="unlabeled probe questions, written once a run by the base model as "
+                       "Questioner on a seeded draw of corpus images; every evaluation answers them (greedy, "
+                       "method.m_curation samples, greedy with another image) for the label-free probe.* statistics "
+                       "(0: no probe)")
 
 
     @field_validator("benchmarks")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        from .benchmarks import ADAPTERS, BenchmarkError, get_adapter
+        from .benchmarks import BenchmarkError
+        from .evaluate import check_benchmark
 
         for name in names:
             try:
-                name == "shapes" or get_adapter(name)
-            except BenchmarkError:
-                raise ValueError(f"unknown benchmark {name!r} (known: shapes, {', '.join(ADAPTERS)})") from None
+                check_benchmark(name)
+            except BenchmarkError as e:
+                raise ValueError(str(e)) from None
         return names
+
+
+PROBE_STATISTICS = ("probe.vote_disagreement", "probe.shuffle_stability", "probe.agreement_previous",
+                    "probe.confidence")
+"""The label-free statistics of an evaluation's probe (``measure.probe_statistics``) a run can keep an
+iteration by."""
+
+
+class SelectionConfig(BaseModel):
+    """Which iteration's Reasoner a run keeps as its output (``measure.kept_iteration``), chosen without ground
+    truth: on a user's own images there is no benchmark to choose by."""
+
+    model_config = ConfigDict(extra="forbid")
+    statistic: Literal["last", *PROBE_STATISTICS] = Field(
+        "last", description="the last iteration, or the iteration whose probe statistic is best")
+    best: Literal["lowest", "highest"] = Field("lowest", description="which end of the statistic is best")
+    tolerance: float = Field(0.0, ge=0, description="keep the earliest iteration within this of the best value")
 
 
 class VisPlayConfig(BaseModel):
@@ -113,6 +135,11 @@ class VisPlayConfig(BaseModel):
     iterations: int = Field(3, ge=1)
     group_size: int = Field(8, ge=2, description="G: questions sampled per image")
     candidates_per_image: int = Field(8, ge=1, description="questions the updated Questioner writes per image")
+    question_source: Literal["questioner", "grammar", "oracle-grammar"] = Field(
+        "questioner", description="embedded world only, where the candidates come from: the Questioner; the world's "
+        "question grammar drawn blind, without the image (grammar: no Questioner); or drawn from each image's scene "
+        "(oracle-grammar: ground truth chooses the questions, never their answers). The Reasoner's vote, curation "
+        "and all after are the same; without the Questioner it is not trained (questioner.steps 0)")
     method: MethodConfig = Field(default_factory=MethodConfig)
     questioner: RoleConfig = Field(default_factory=lambda: RoleConfig(max_new_tokens=32))
     reasoner: RoleConfig = Field(default_factory=RoleConfig)
@@ -126,6 +153,7 @@ class VisPlayConfig(BaseModel):
     engine: Literal["hf", "vllm"] = Field("hf", description="generation engine for rollouts and scoring")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     seed: int = 0
 
     @field_validator("method", mode="before")
@@ -158,6 +186,14 @@ class VisPlayConfig(BaseModel):
             raise ValueError("ceiling: the oracle's answers need the scenes of the embedded corpus")
         if self.oracle_reasoner_error is not None and self.corpus != "embedded":
             raise ValueError("oracle_reasoner_error: an oracle Reasoner needs the scenes of the embedded corpus")
+        if self.question_source != "questioner" and self.corpus != "embedded":
+            raise ValueError(f"question_source {self.question_source}: the world's question grammar needs the "
+                             "embedded corpus")
+        if self.question_source != "questioner" and self.questioner.steps:
+            raise ValueError(f"question_source {self.question_source}: the Questioner writes no candidate, so it is "
+                             "not trained: set questioner.steps=0")
+        if self.selection.statistic != "last" and not self.eval.probe:
+            raise ValueError(f"selection.statistic {self.selection.statistic} needs the probe: set eval.probe above 0")
         if self.questioner.num_generations != self.group_size:
             raise ValueError(f"questioner.num_generations ({self.questioner.num_generations}) must equal "
                              f"group_size G ({self.group_size})")

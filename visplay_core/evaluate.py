@@ -1,14 +1,19 @@
 """Evaluating a Reasoner on ShapesBench: greedy accuracy per kind, question-only and shuffled-image references,
 and (with votes) the headroom a majority vote of sampled answers has over greedy decoding, and how often
-greedy and sampled completions answer at a glance rather than reason (``world.GLANCE``)."""
+greedy and sampled completions answer at a glance rather than reason (``world.GLANCE``). And its answers to a
+run's probe of unlabeled questions, for the label-free statistics (``measure.probe_statistics``)."""
 
 from __future__ import annotations
 
 import random
+from typing import Mapping
+
+from PIL import Image
 
 from . import bench, prompts, world
 from .answers import answers_match, extract_answer
 from .generation import generate
+from .rewards import majority_vote
 
 
 def answer_questions(model, processor, images, questions, batch_size: int = 64, max_new_tokens: int = 48):
@@ -46,6 +51,39 @@ def glance_shares(items, greedy: list[str], sampled: list[list[str]] | None) -> 
                          for kind in sorted({i.kind for i in items})}}
 
 
+def evaluate_on(name: str, model, processor, *, limit: int | None = None, votes: int = 0, temperature: float = 1.0,
+                shapes_split: str = "test", shuffled: bool = True, source=None, judge=None) -> dict:
+    """``model`` on benchmark ``name``: ShapesBench ("shapes", on its ``shapes_split`` draw, with ``shuffled`` images
+    as a reference) or a real benchmark through its adapter (``benchmarks.evaluate_benchmark``: data from
+    ``source``, open answers graded by ``judge``). Raises ``benchmarks.BenchmarkError`` for an unknown name."""
+    check_benchmark(name)
+    if name == "shapes":
+        return evaluate_shapes(model, processor, limit=limit, shuffled=shuffled, votes=votes, temperature=temperature,
+                               split=shapes_split)
+    from .benchmarks import evaluate_benchmark
+
+    return evaluate_benchmark(model, processor, name, source=source, limit=limit, judge=judge, votes=votes,
+                              temperature=temperature)
+
+
+def benchmark_names() -> list[str]:
+    """What ``evaluate_on`` evaluates: ShapesBench, then every real benchmark's adapter."""
+    from .benchmarks import ADAPTERS
+
+    return ["shapes", *ADAPTERS]
+
+
+def check_benchmark(name: str) -> None:
+    """Raise ``benchmarks.BenchmarkError`` unless ``evaluate_on`` knows ``name`` (an adapter's name in any case,
+    with or without dashes: "MMVet" is mm-vet)."""
+    from .benchmarks import BenchmarkError, get_adapter
+
+    try:
+        name == "shapes" or get_adapter(name)
+    except BenchmarkError:
+        raise BenchmarkError(f"unknown benchmark {name!r} (known: {', '.join(benchmark_names())})") from None
+
+
 def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool = True,
                     batch_size: int = 64, votes: int = 0, temperature: float = 1.0, split: str = "test") -> dict:
     """ShapesBench scores; ``limit`` caps the number of items (spread evenly over the kinds). With
@@ -77,3 +115,30 @@ def evaluate_shapes(model, processor, limit: int | None = None, shuffled: bool =
         for kind, row in result["per_kind"].items():
             row["shuffled_image_accuracy"] = shuffled_scores["per_kind"][kind]["accuracy"]
     return result
+
+
+def answer_probe(model, processor, images: Mapping[str, Image.Image], probe: list[dict], votes: int,
+                 temperature: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[dict]:
+    """The Reasoner's answers to the probe's questions (rows ``{image_id, question}``): greedy; greedy with
+    another image (``other_images``); and the majority of ``votes`` sampled answers at ``temperature``, with its
+    share of them (``label``, ``confidence``, ``votes``). One row each, the rows of ``measure.probe_statistics``."""
+    other = other_images([r["image_id"] for r in probe])
+    questions = [r["question"] for r in probe]
+    greedy = answer_questions(model, processor, [images[r["image_id"]] for r in probe], questions, batch_size)
+    shuffled = answer_questions(model, processor, [images[other[r["image_id"]]] for r in probe], questions, batch_size)
+    sampled, _ = sample_answers(model, processor, [images[r["image_id"]] for r in probe], questions, votes,
+                                temperature, batch_size, seed=seed)
+    rows = []
+    for r, g, s, samples in zip(probe, greedy, shuffled, sampled):
+        vote = majority_vote([extract_answer(c) for c in samples])
+        rows.append({"image_id": r["image_id"], "question": r["question"], "greedy": extract_answer(g),
+                     "shuffled": extract_answer(s), "label": vote.label, "confidence": vote.confidence,
+                     "votes": vote.votes})
+    return rows
+
+
+def other_images(image_ids: list[str]) -> dict[str, str]:
+    """For each image id, the one after it in the order the ids first appear (the last's is the first): another
+    image wherever there are two or more."""
+    order = list(dict.fromkeys(image_ids))
+    return {i: order[(j + 1) % len(order)] for j, i in enumerate(order)}

@@ -32,12 +32,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str, mode: int = 0o666) -> None:
+    """``text`` in ``path``, whole or not at all (a temporary file, fsynced, then renamed over it); a new
+    file gets ``mode`` (less the umask): 0o600 for secrets."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "w") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -47,8 +49,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             tmp.unlink()
 
 
-def write_json(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, data, mode: int = 0o666) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
 def write_jsonl(path: str | Path, rows) -> None:

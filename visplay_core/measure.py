@@ -1,18 +1,29 @@
-"""What the hidden ground truth says about an iteration (embedded world only; never used to train).
+"""What the hidden ground truth says about an iteration (embedded world only; never used to train), and what
+a run can tell without it.
 
 For each set of questions (the pre-update rollout, the candidates, the curated set): how many are valid
 questions of the grammar for their image, how often the majority-vote pseudo-label is the true answer,
 and for candidates the calibration of pseudo-labels: true accuracy per confidence bin and per kind.
+
+Label-free: how diverse a set of questions is (distinct questions and BLEU within an image's group, the mix
+of kinds), the statistics of the Reasoner's answers to a fixed probe of unlabeled questions, and the
+iteration a run keeps by one of them (``kept_iteration``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from statistics import mean
+from typing import TYPE_CHECKING
 
 from . import world
 from .bench import PER_KIND, per_kind_of
 from .answers import answers_match
+
+if TYPE_CHECKING:
+    from .config import SelectionConfig
+    from .method import BleuForm
 
 BINS = 10
 
@@ -70,6 +81,105 @@ def measure_iteration(files: dict[str, list[dict]], scenes: dict[str, world.Scen
         out["calibration"] = calibration(files["candidates"], scenes)
         out["candidates.per_kind"] = per_kind(files["candidates"], scenes)
     return out
+
+
+def _questions_by_image(rows: list[dict]) -> dict[str, list[str]]:
+    """Each image's questions, in order (an image whose questions are all malformed has none)."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r["image_id"], [])
+        if r.get("question") is not None:
+            groups[r["image_id"]].append(r["question"])
+    return groups
+
+
+def distinct_per_image(rows: list[dict]) -> float | None:
+    """The mean number of distinct questions an image has (questions that differ only in case or whitespace
+    count as one, as in curation); None without rows."""
+    groups = _questions_by_image(rows)
+    return mean(len({" ".join(q.lower().split()) for q in g}) for g in groups.values()) if groups else None
+
+
+def pairwise_bleu(rows: list[dict], bleu: BleuForm = "sacrebleu") -> float | None:
+    """The mean BLEU (0 to 1: 1 − ``rewards.bleu_distances``, the diversity penalty's measure) of the pairs of
+    one image's questions, averaged over the images with two questions or more; None where none has."""
+    from .rewards import bleu_distances
+
+    groups = [g for g in _questions_by_image(rows).values() if len(g) > 1]
+    return mean(1 - float(bleu_distances(g, bleu).mean()) for g in groups) if groups else None
+
+
+def kind_shares(rows: list[dict]) -> dict[str, float]:
+    """The share of each question kind (``world.KINDS``, and "invalid": outside the grammar) among the
+    questions; empty without questions."""
+    kinds = Counter(world.question_kind(r["question"]) or "invalid" for r in rows if r.get("question") is not None)
+    total = kinds.total()
+    return {k: kinds[k] / total for k in (*world.KINDS, "invalid")} if total else {}
+
+
+def question_diversity(rows: list[dict], bleu: BleuForm = "sacrebleu", kinds: bool = True) -> dict:
+    """Flat metrics of a question set's diversity: ``distinct_per_image``, ``pairwise_bleu`` and (with
+    ``kinds``, the embedded world's grammar) ``kind_share.<kind>``."""
+    return {"distinct_per_image": distinct_per_image(rows), "pairwise_bleu": pairwise_bleu(rows, bleu),
+            **({f"kind_share.{k}": v for k, v in kind_shares(rows).items()} if kinds else {})}
+
+
+def probe_statistics(rows: list[dict], previous: list[dict] | None = None) -> dict:
+    """The label-free statistics of a Reasoner's answers to the probe. ``rows``, one a probe question:
+    ``question``, ``greedy`` (its greedy answer), ``shuffled`` (its greedy answer with another image), ``label``
+    and ``confidence`` (the majority of its sampled answers and that answer's share). Shares of the questions:
+
+    - ``probe.vote_disagreement``: greedy answer other than the majority;
+    - ``probe.shuffle_stability``: greedy answer the same with another image;
+    - ``probe.agreement_previous``: majority the same as in ``previous`` (the previous evaluation's rows on the
+      same questions; None without them, or when they are other questions);
+    - ``probe.confidence``: the mean share of the majority.
+
+    A missing answer matches nothing (``answers_match``). Empty without rows."""
+    if not rows:
+        return {}
+    same = previous is not None and [p["question"] for p in previous] == [r["question"] for r in rows]
+    return {
+        "probe.questions": len(rows),
+        "probe.vote_disagreement": mean(not answers_match(r["greedy"], r["label"]) for r in rows),
+        "probe.shuffle_stability": mean(answers_match(r["greedy"], r["shuffled"]) for r in rows),
+        "probe.agreement_previous": mean(answers_match(r["label"], p["label"]) for r, p in zip(rows, previous))
+        if same else None,
+        "probe.confidence": mean(r["confidence"] for r in rows),
+    }
+
+
+def probe_truth(rows: list[dict], scenes: dict[str, world.Scene]) -> dict:
+    """Ground-truth measurement of the probe (embedded world only; never used to choose): the share of its
+    questions valid for their image (``probe.oracle_validity``), and on the valid ones the true accuracy of the
+    greedy answers (``probe.oracle_accuracy``) and of the majority (``probe.oracle_majority_accuracy``); a
+    missing answer is wrong. Empty without scenes."""
+    judged = _truth(rows, scenes)
+    if not judged:
+        return {}
+    valid = [(r, t) for r, t in judged if t is not None]
+    return {"probe.oracle_validity": len(valid) / len(judged),
+            "probe.oracle_accuracy": mean(answers_match(r["greedy"], t) for r, t in valid) if valid else None,
+            "probe.oracle_majority_accuracy": mean(answers_match(r["label"], t) for r, t in valid) if valid else None}
+
+
+def kept_iteration(rows: list[dict], selection: SelectionConfig) -> int:
+    """The iteration whose Reasoner a run keeps, by the label-free ``selection``: among the summary ``rows`` of
+    iterations 1..K (a row of iteration 0, the base, is never kept: it is no self-played model), the earliest
+    whose ``selection.statistic`` lies within ``selection.tolerance`` of the best (the ``selection.best`` end);
+    the last iteration for the statistic "last", or where no row has the statistic."""
+    played = [r for r in rows if r["iteration"] >= 1]
+    if not played:
+        raise ValueError("no iteration to keep: the rows hold none after the base")
+    last = max(r["iteration"] for r in played)
+    if selection.statistic == "last":
+        return last
+    sign = 1 if selection.best == "lowest" else -1
+    scored = [(r["iteration"], sign * r[selection.statistic]) for r in played if r.get(selection.statistic) is not None]
+    if not scored:
+        return last
+    best = min(value for _, value in scored)
+    return min(k for k, value in scored if value <= best + selection.tolerance)
 
 
 def noise(p: float, n_items: int | None, spread: float = 0.0) -> float:

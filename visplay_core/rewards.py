@@ -252,14 +252,6 @@ def cap_label_share(rows: Sequence, label_of: Callable, kind_of: Callable, max_s
     return out
 
 
-def reasoner_reward(completion: str, pseudo_label: str, method: MethodConfig) -> float:
-    """(1 - w) * accuracy + w * format, w = ``method.reasoner_format_weight``: accuracy is whether the
-    boxed answer matches the pseudo-label, format whether there is a boxed answer at all."""
-    answer = extract_answer(completion)
-    weight = method.reasoner_format_weight
-    return (1 - weight) * answers_match(answer, pseudo_label) + weight * (answer is not None)
-
-
 # TRL adapters: GRPOTrainer calls reward functions as f(prompts=, completions=, <dataset columns>=, ...)
 # with one entry per completion, and logs each by its __name__.
 
@@ -282,36 +274,54 @@ def format_reward(prompts: list, completions: list, **kwargs: Any) -> list[float
     return [float(extract_answer(completion_text(completion)) is not None) for completion in completions]
 
 
+def reasoner_reward_funcs(method: MethodConfig) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The Reasoner's GRPO reward as TRL's weighted reward functions: (1 - w) * accuracy + w * format,
+    w = ``method.reasoner_format_weight``: accuracy is whether the boxed answer matches the pseudo-label,
+    format whether there is a boxed answer at all."""
+    w = method.reasoner_format_weight
+    return [reasoner_accuracy_reward, format_reward], [1 - w, w]
+
+
 def make_questioner_reward_func(
-    score_confidence: Callable[[list[str | None], list[Any]], list[float | None]],
+    score_confidence: Callable[[list[str | None], list[Any], int], list[float | None]],
     method: MethodConfig,
 ) -> Callable[..., list[float]]:
     """A TRL reward function for the Questioner.
 
     It reads each completion's question (``None`` if invalid), asks ``score_confidence(questions,
-    images)`` for the Reasoner's majority-vote confidence on each (``images`` is TRL's ``image``
-    column when the rows have one, else the ``image_id`` column; the scorer may return ``None`` for
-    ``None`` questions), and returns ``questioner_rewards`` grouped by ``image_id``.
+    images, step)`` for the Reasoner's majority-vote confidence on each (``images`` is TRL's ``image``
+    column when the rows have one, else the ``image_id`` column; ``step`` numbers the draw: the trainer's
+    global step times the number of processes plus this process's index (0 outside a trainer), which seeds
+    the votes so that a resumed run draws what an uninterrupted one would, and two processes never draw
+    alike; the scorer may return ``None`` for ``None`` questions), and returns ``questioner_rewards``
+    grouped by ``image_id``.
 
     TRL calls reward functions on each process's own slice of the generation batch (with several
     processes, each holds ``per_device_train_batch_size * steps_per_generation`` completions). Each
     process scores its own slice's confidences, then the questions, confidences and image ids of all
     processes are gathered (accelerate's ``gather_object``, in process order), so the ``"batch"``
     scope clusters the whole generation batch (all prompts x G, as the official code does) and a
-    group split across processes stays whole; each process returns its own slice's rewards.
+    group split across processes stays whole; each process returns its own slice's rewards. Under TRL it
+    logs ``gathered_questions``, how many questions were rewarded together.
     """
     from accelerate import PartialState  # here, so the pure functions above load without torch
     from accelerate.utils import gather_object
 
     def questioner_reward(
-        prompts: list, completions: list, image_id: list[str], image: list[Any] | None = None, **kwargs: Any
+        prompts: list, completions: list, image_id: list[str], image: list[Any] | None = None,
+        trainer_state: Any = None, **kwargs: Any
     ) -> list[float]:
         questions = [extract_question(completion_text(completion)) for completion in completions]
-        confidences = list(score_confidence(questions, image if image is not None else image_id))
+        state = PartialState()
+        step = trainer_state.global_step if trainer_state is not None else 0
+        draw = step * state.num_processes + state.process_index  # the step itself in one process
+        confidences = list(score_confidence(questions, image if image is not None else image_id, draw))
         slices = gather_object([(questions, confidences, list(image_id))])  # one (q, c, ids) per process
         whole = [sum((part[k] for part in slices), []) for k in range(3)]
         rewards = questioner_rewards(whole[1], whole[0], method, group_ids=whole[2])
-        start = sum(len(part[0]) for part in slices[: PartialState().process_index])
+        if "log_metric" in kwargs:  # TRL's hook for a reward function's own metrics
+            kwargs["log_metric"]("gathered_questions", len(whole[0]))
+        start = sum(len(part[0]) for part in slices[: state.process_index])
         return rewards[start : start + len(questions)]
 
     return questioner_reward

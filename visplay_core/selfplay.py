@@ -27,30 +27,57 @@ def write_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequen
             for image_id, group in zip(image_ids, completions) for c in group]
 
 
+def probe_questions(engine, images: Mapping[str, Image.Image], image_ids: Sequence[str], n: int,
+                    temperature: float, max_new_tokens: int, seed: int) -> list[dict]:
+    """A probe of unlabeled questions: the engine's model, as Questioner, writes one question about each image in
+    turn until ``n`` are written; rows ``{image_id, question}`` of the well-formed ones."""
+    ids = [image_ids[j % len(image_ids)] for j in range(n)]
+    rows = write_questions(engine, images, ids, 1, temperature, max_new_tokens, seed)
+    return [{"image_id": r["image_id"], "question": r["question"]} for r in rows if r["question"] is not None]
+
+
+def grammar_questions(image_ids: Sequence[str], n: int, seed: int,
+                      scenes: Mapping[str, world.Scene] | None = None) -> list[dict]:
+    """``n`` questions per image from the world's grammar, as ``write_questions`` rows (no completion): drawn
+    blind (``world.blind_question``: valid for the image or not), or with ``scenes`` from each image's own
+    scene (``world.sample_question``: valid, the oracle arm; its answer is dropped, None where none was found)."""
+    rng = random.Random(seed)
+    rows = []
+    for image_id in image_ids:
+        for _ in range(n):
+            if scenes is None:
+                question = world.blind_question(rng)
+            else:
+                drawn = world.sample_question(scenes[image_id], rng)
+                question = drawn[0] if drawn else None
+            rows.append({"image_id": image_id, "completion": None, "question": question})
+    return rows
+
+
 class ConfidenceScorer:
-    """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question."""
+    """The Reasoner's confidence in its own majority answer, from ``m`` sampled answers per question. The
+    samples of a call are seeded by ``seed + step`` alone (a GRPO stage passes its trainer's step), so a
+    stage resumed at step s draws the votes an uninterrupted one draws there."""
 
     def __init__(self, engine, m: int, temperature: float, max_new_tokens: int, seed: int,
                  unanswerable_vote_share: float = UNANSWERABLE_VOTE_SHARE):
         self.engine, self.m, self.temperature, self.max_new_tokens, self.seed = engine, m, temperature, max_new_tokens, seed
         self.unanswerable_vote_share = unanswerable_vote_share
-        self.calls = 0
 
-    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
+    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None], step: int = 0) -> list[Vote | None]:
         """A vote per question (None for a None question); all samples of one question share a prefill."""
         valid = [i for i, q in enumerate(questions) if q is not None]
         completions = self.engine.generate(
             [images[i] for i in valid], [prompts.reasoner_messages(questions[i]) for i in valid], n=self.m,
-            temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed + self.calls)
-        self.calls += 1
+            temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed + step)
         out: list[Vote | None] = [None] * len(questions)
         for i, samples in zip(valid, completions):
             out[i] = majority_vote([extract_answer(s) for s in samples])
         return out
 
-    def confidences(self, questions: list[str | None], images: list[Image.Image]) -> list[float | None]:
+    def confidences(self, questions: list[str | None], images: list[Image.Image], step: int = 0) -> list[float | None]:
         """The ``score_confidence`` hook of ``rewards.make_questioner_reward_func``."""
-        return [answerable_confidence(v, self.unanswerable_vote_share) for v in self.votes(images, questions)]
+        return [answerable_confidence(v, self.unanswerable_vote_share) for v in self.votes(images, questions, step)]
 
 
 def pixel_key(image: Image.Image) -> str:
@@ -68,19 +95,20 @@ class OracleScorer(ConfidenceScorer):
     def __init__(self, scenes: Mapping[str, world.Scene], images: Mapping[str, Image.Image], m: int,
                  error_rate: float, seed: int):
         self.scene_of = {pixel_key(images[i]): scenes[i] for i in images}
-        self.m, self.error_rate, self.rng = m, error_rate, random.Random(seed)
+        self.m, self.error_rate, self.seed = m, error_rate, seed
         self.unanswerable_vote_share = UNANSWERABLE_VOTE_SHARE  # never reached: the oracle does not say "none"
 
-    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None]) -> list[Vote | None]:
-        return [None if q is None else majority_vote(self._samples(self.scene_of[pixel_key(image)], q))
+    def votes(self, images: Sequence[Image.Image], questions: Sequence[str | None], step: int = 0) -> list[Vote | None]:
+        rng = random.Random(self.seed + step)
+        return [None if q is None else majority_vote(self._samples(self.scene_of[pixel_key(image)], q, rng))
                 for image, q in zip(images, questions)]
 
-    def _samples(self, scene: world.Scene, question: str) -> list[str | None]:
+    def _samples(self, scene: world.Scene, question: str, rng: random.Random) -> list[str | None]:
         truth = world.oracle(scene, question)
         if truth is None:
             return [None] * self.m
         others = [a for a in world.answer_space(truth) if a != truth]
-        return [self.rng.choice(others) if self.rng.random() < self.error_rate else truth for _ in range(self.m)]
+        return [rng.choice(others) if rng.random() < self.error_rate else truth for _ in range(self.m)]
 
 
 def make_scorer(spec, images_folder: str, images: Mapping[str, Image.Image]) -> ConfidenceScorer:

@@ -306,10 +306,22 @@ def sample_invalid_question(scene: Scene, rng: random.Random, tries: int = 200) 
     it names is absent or not unique), or None if none was found in ``tries``."""
     for _ in range(tries):
         _, text, fn = rng.choice(TEMPLATES)
-        slots = {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
+        slots = _random_slots(text, rng)
         if fn(scene, **slots) is None:
             return text.format(**slots)
     return None
+
+
+def blind_question(rng: random.Random) -> str:
+    """A question of the grammar with every template and slot drawn at random, the image unseen: what a
+    Questioner that never looks would ask. Valid for a given image or not (``oracle`` says)."""
+    _, text, _ = rng.choice(TEMPLATES)
+    return text.format(**_random_slots(text, rng))
+
+
+def _random_slots(text: str, rng: random.Random) -> dict[str, str]:
+    """A value of the vocabulary for each slot of a template's text."""
+    return {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
 
 
 def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, answer: str | None = None,
@@ -319,7 +331,7 @@ def sample_question(scene: Scene, rng: random.Random, kind: str | None = None, a
     templates = [t for t in TEMPLATES if kind is None or t[0] == kind]
     for _ in range(tries):
         k, text, fn = rng.choice(templates)
-        slots = {name: rng.choice(_VOCAB[name]) for name in _SLOT.findall(text)}
+        slots = _random_slots(text, rng)
         # Referents drawn from the scene make questions valid (and answers other than 0/no) far more often.
         if rng.random() < 0.75:
             objs = rng.sample(scene.objects, min(2, len(scene.objects)))
