@@ -140,7 +140,7 @@ class _TracebackOnce(logging.Formatter):
         self.inner, self.shown = inner or logging.Formatter(), []
 
     def format(self, record: logging.LogRecord) -> str:
-        from tasks.tracking import interrupted
+        from tasks.mlflow_client import interrupted
 
         error = record.exc_info[1] if record.exc_info else None
         if error is not None and (record.levelno < logging.ERROR or interrupted(error)
@@ -177,7 +177,7 @@ def _connect(home: str):
     def ready() -> None:
         _tracebacks_once()
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            from tasks.tracking import tracking_client, tracking_uri
+            from tasks.mlflow_client import tracking_client, tracking_uri
 
             Path(home).mkdir(parents=True, exist_ok=True)
             tracking_client(tracking_uri(Path(home)))
@@ -193,7 +193,7 @@ def _run_flow(config, home: str, name: str | None) -> int:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.self_evolution import self_evolution
-    from tasks.tracking import RunInProgressError
+    from tasks.locks import RunInProgressError
 
     ready()
     try:
@@ -234,7 +234,7 @@ def cmd_advance(args) -> int:
     ready = _connect(args.home)
     from flows.deploy import form_source, visplay_nightly
     from flows.line import LineError, check_line_name
-    from tasks.tracking import RunInProgressError
+    from tasks.locks import RunInProgressError
 
     ready()
     try:
@@ -412,52 +412,53 @@ def cmd_inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from visplay_core.config import preset_names
+
     parser = argparse.ArgumentParser(prog="visplay", description="Self-evolving VLMs from unlabeled images (VisPlay).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    home = argparse.ArgumentParser(add_help=False)  # the options several commands share
+    home.add_argument("--home", default=".visplay", help="run home: stages, MLflow store, summaries, the servers of "
+                      "`visplay up` (default ./.visplay)")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config key (repeatable)")
+    presets = ", ".join(preset_names())
 
-    p = sub.add_parser("run", help="run (or resume) self-evolution from a config file or preset")
-    p.add_argument("--config", required=True, help="YAML file or preset name (smoke, demo, study, paper-3b, paper-7b)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--home", default=".visplay", help="run home: stages, MLflow store, summaries (default ./.visplay)")
+    p = sub.add_parser("run", parents=[home, overrides], help="run (or resume) self-evolution from a config file or "
+                       "preset")
+    p.add_argument("--config", required=True, help=f"YAML file or preset name ({presets})")
     p.add_argument("--name", help="run name (default: preset and config hash; the same name resumes)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("advance", help="run the next iterations of a line of evolution (a failed advance is "
-                       "completed first); what `visplay serve` runs every night")
+    p = sub.add_parser("advance", parents=[home, overrides], help="run the next iterations of a line of evolution (a "
+                       "failed advance is completed first); what `visplay serve` runs every night")
     p.add_argument("--line", required=True, help="name of the line of evolution")
     p.add_argument("--config", help="YAML file or preset name of a new line (default: the line's own; a line keeps "
                    "the configuration it started from)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--iterations", type=int, default=1, help="iterations to add (default 1)")
-    p.add_argument("--home", default=".visplay")
     p.set_defaults(func=cmd_advance)
 
-    p = sub.add_parser("demo", help="run the embedded default end to end")
-    p.add_argument("--preset", default="demo", choices=["smoke", "demo", "study"])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--home", default=".visplay")
+    p = sub.add_parser("demo", parents=[home, overrides], help="run the embedded default end to end")
+    p.add_argument("--preset", default="demo", choices=preset_names())
     p.add_argument("--name")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("sweep", help="run self-evolution over a grid of config values (and seeds) and compare")
+    p = sub.add_parser("sweep", parents=[home, overrides], help="run self-evolution over a grid of config values (and "
+                       "seeds) and compare")
     p.add_argument("--config", required=True, help="YAML file or preset name")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                    help="values of a key to sweep (repeatable: the grids multiply); k1:k2=a1:a2,b1:b2 pairs values")
     p.add_argument("--seeds", type=int, default=1, help="seeds per arm (config seed, +1, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--home", default=".visplay")
     p.add_argument("--name", default="sweep", help="experiment name: runs are NAME-ARM-sSEED, results in "
                    "HOME/experiments/NAME")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("experiment", help="one of the paper's open checks, as a sweep: thresholds, oracle, "
-                       "iterations, initialization, ceiling, headroom, ablations")
+    p = sub.add_parser("experiment", parents=[home, overrides], help="one of the paper's open checks, as a sweep: "
+                       "thresholds, oracle, iterations, initialization, ceiling, headroom, ablations")
     p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling", "headroom",
                                     "ablations"])
     p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--home", default=".visplay")
     p.add_argument("--bases", help="initialization, headroom: comma-separated base checkpoints (or 'base')")
     p.add_argument("--bootstrap-steps", default="1000,8000", help="initialization without --bases: bootstrap "
                    "bases for these step counts (the shipped base had 10,500, in five stages)")
@@ -500,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("up", help="start local Prefect and MLflow servers (loopback) and wait until they answer")
-    p.add_argument("--home", default=".visplay", help="where their databases, logs and servers.json live")
+    p = sub.add_parser("up", parents=[home], help="start local Prefect and MLflow servers (loopback) and wait until "
+                       "they answer")
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
@@ -511,16 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "postgresql://USER:PASSWORD@HOST:5432/mlflow (default: HOME/mlflow.db; remembered by the home)")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("down", help="stop the servers `visplay up` started")
-    p.add_argument("--home", default=".visplay")
+    p = sub.add_parser("down", parents=[home], help="stop the servers `visplay up` started")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("serve", help="serve the line's nightly deployment, named after the line, from this process "
-                       "(Ctrl-C stops it)")
+    p = sub.add_parser("serve", parents=[home], help="serve the line's nightly deployment, named after the line, from "
+                       "this process (Ctrl-C stops it)")
     p.add_argument("--cron", default="0 2 * * *", help="schedule (default 02:00 every day)")
     p.add_argument("--timezone", default=os.environ.get("TZ", "UTC"), help="IANA time zone of the schedule "
                    "(default $TZ, else UTC)")
-    p.add_argument("--home", default=".visplay", help="run home of the runs it starts (and of `visplay up`)")
     p.add_argument("--line", default="nightly", help="the line of evolution each run advances (default nightly)")
     p.add_argument("--config", help="YAML file or preset name of a new line (default: the line's own)")
     p.add_argument("--iterations", type=int, default=1, help="iterations each run adds (default 1)")
@@ -528,9 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(JSON: the line, the flow run, its state; 'text' for a chat)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("report", help="write one self-contained HTML page of a run")
+    p = sub.add_parser("report", parents=[home], help="write one self-contained HTML page of a run")
     p.add_argument("--run", default="latest", help="run name, or 'latest'")
-    p.add_argument("--home", default=".visplay")
     p.add_argument("--output", help="HTML file (default HOME/runs/RUN/report.html)")
     p.set_defaults(func=cmd_report)
     return parser

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from flows.line import LineError, advance_line, line_config, line_run_name, line_span, read_line
 from flows.servers import use_servers
-from tasks import tracking
+from tasks import mlflow_client
 from visplay_core.config import load_config, preset_names
 
 HOME = "VISPLAY_HOME"  # a machine's run home, where the form leaves ``home`` empty (a work pool's worker)
@@ -124,7 +124,7 @@ def schedule_plan(home: str, line: str, source: str, iterations: int, cron: str,
     did not grow from, or none for a line not started)."""
     state = read_line(Path(home).resolve(), line)
     config = line_config(state, line, load_config(source) if source else None,
-                         tracking.tracking_uri(Path(home).resolve()))
+                         mlflow_client.tracking_uri(Path(home).resolve()))
     first, target = line_span(state, iterations)
     when = next_runs(cron, timezone)[0]
     digest = config.model_copy(update={"iterations": 1}).digest()

@@ -17,7 +17,9 @@ from statistics import mean, stdev
 
 from flows import report
 from flows.self_evolution import self_evolution
-from tasks.tracking import experiment_id, open_run, slug, tracking_client, tracking_uri
+from tasks.mlflow_client import experiment_id, tracking_client, tracking_uri
+from tasks.registry import slug
+from tasks.stage_cache import open_run
 from visplay_core.config import PROBE_STATISTICS, load_config
 from visplay_core.io import write_json
 from visplay_core.measure import eval_items, gain_or_loss

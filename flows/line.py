@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
 
 from flows.self_evolution import evolve
-from tasks.tracking import (EXPERIMENT, RunInProgressError, experiment_id, run_lock, tracking_client,
-                            tracking_uri)
+from tasks.locks import RunInProgressError, run_lock
+from tasks.mlflow_client import EXPERIMENT, experiment_id, tracking_client, tracking_uri
 from visplay_core.config import VisPlayConfig
 from visplay_core.io import write_json
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from tasks.tracking import EXPERIMENT, finished_stage, tracking_client, tracking_uri
+from tasks.mlflow_client import EXPERIMENT, tracking_client, tracking_uri
+from tasks.stage_cache import finished_stage
 from visplay_core import world
 from visplay_core.corpus import Manifest, scenes_by_id
 from visplay_core.io import read_jsonl

@@ -25,9 +25,10 @@ from tasks.stages import (Checkpoint, ImageSet, benchmark_eval, candidate_genera
                           question_rollout, questioner_grpo, reasoner_grpo, threshold_filtering)
 
 from flows import report
-from tasks.tracking import (DONE, RunContext, StageResult, better_on_shapes, experiment_id, finished_stages, line_alias, slug,
-                            link_tags, log_dataset, log_iteration, log_model, log_params, mlflow_run_url, register_model,
-                            run_lock, stage_folder, tracking_client, tracking_uri)
+from tasks.locks import run_lock
+from tasks.mlflow_client import experiment_id, link_tags, mlflow_run_url, tracking_client, tracking_uri
+from tasks.registry import better_on_shapes, line_alias, log_dataset, log_model, register_model, slug
+from tasks.stage_cache import DONE, RunContext, StageResult, finished_stages, log_iteration, log_params, stage_folder
 from visplay_core.config import PROBE_STATISTICS, VisPlayConfig
 from visplay_core.corpus import Manifest, ingest, write_embedded_corpus
 from visplay_core.io import write_json
@@ -167,8 +168,30 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
     finished stage restored, the rest computed. ``earlier``: the summary rows of iterations 1..j this run
     already finished; it goes on from iteration j's Questioner and Reasoner (from iteration 1 when their
     checkpoints can no longer be restored)."""
-    logger = get_run_logger()
     start = time.time()
+    ctx = start_run(config, home_path, run, mlflow_name, entry_point)
+    try:
+        folder, truth = corpus_of(ctx)
+        base, base_eval = evaluate_base(ctx, folder, truth)
+        earlier, results = run_iterations(ctx, base, base_eval, list(earlier), folder, truth)
+    except BaseException:
+        ctx.client.set_terminated(ctx.run_id, "FAILED")
+        raise
+    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start,
+                            report_links(ctx))
+    record_summary(ctx, summary)
+    register_model(ctx.client, REGISTERED_REASONER, results[-1].models["reasoner"],
+                   _version_tags(run, ctx.run_id, summary["iterations"][-1]),
+                   aliases={line_alias(run, "best"): better_on_shapes})
+    keep_reasoner(ctx.client, ctx.experiment_id, run, ctx.run_id, summary)
+    ctx.client.set_terminated(ctx.run_id, "FINISHED")
+    print(summary_table(summary))
+    return summary
+
+
+def start_run(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, entry_point: str) -> RunContext:
+    """The call's MLflow run (its configuration as params, tagged with the flow run and the code), linked from the
+    flow run when MLflow is a server; the context every stage of the call gets."""
     uri = tracking_uri(home_path)
     client = tracking_client(uri)
     exp = experiment_id(client, home_path)
@@ -183,49 +206,62 @@ def evolve(config: VisPlayConfig, home_path: Path, run: str, mlflow_name: str, e
     if url:
         create_link_artifact(url, link_text=f"MLflow run {mlflow_name}", key=f"{slug(run)}-mlflow",
                              description=f"the MLflow run of {mlflow_name}")
-    logger.info("run %s: home %s, MLflow run %s", run, home_path, url or f"{run_id} in {uri}")
-    try:
-        folder, truth, manifest = prepare_corpus(config, home_path)
-        corpus = manifest.summary()
-        log_iteration(client, run_id, 0, {"corpus.usable": corpus["usable"], "corpus.skipped": corpus["skipped"],
-                                          **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
-        base = Checkpoint.of_folder(config.base_model_path)
-        base_eval = _named(benchmark_eval, 0)(ctx, 0, run_id, base, iteration_images(folder, truth, config, 0), {})
-        headroom = base_headroom(base_eval.metrics)
-        if headroom:
-            log_iteration(client, run_id, 0, {"base.headroom": headroom["headroom"],
-                                              **({"base.headroom_noise": headroom["noise"]} if "noise" in headroom else {})})
-            (logger.warning if headroom.get("within_noise") else logger.info)(headroom_line(headroom))
-        models = _checkpoints(ctx, earlier[-1]) if earlier else None
-        earlier = list(earlier) if models else []
-        questioner, reasoner = models or (base, base)
-        previous = _restored(ctx, earlier[-1], "benchmark_eval") if earlier else base_eval
-        results = []
-        for k in range(len(earlier) + 1, config.iterations + 1):
-            result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, config, k), previous)
-            questioner, reasoner, previous = result.questioner, result.reasoner, result.stages["benchmark_eval"]
-            results.append(result)
-            if k == config.iterations or not all(s.cached for s in result.stages.values()):
-                publish_report(ctx, base_eval, earlier, results, folder, truth)  # not again for iterations only restored
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    summary = build_summary(run, config, base_eval, earlier, results, folder, truth, time.time() - start,
-                            report_links(ctx))
+    get_run_logger().info("run %s: home %s, MLflow run %s", run, home_path, url or f"{run_id} in {uri}")
+    return ctx
+
+
+def corpus_of(ctx: RunContext) -> tuple[Path, Path | None]:
+    """The run's ingested corpus and its truth folder (``prepare_corpus``); what it used and skipped is logged."""
+    folder, truth, manifest = prepare_corpus(ctx.config, Path(ctx.home))
+    corpus = manifest.summary()
+    log_iteration(ctx.client, ctx.run_id, 0, {"corpus.usable": corpus["usable"], "corpus.skipped": corpus["skipped"],
+                                              **{f"corpus.skipped.{r}": n for r, n in corpus["skipped_by_reason"].items()}})
+    return folder, truth
+
+
+def evaluate_base(ctx: RunContext, folder: Path, truth: Path | None) -> tuple[Checkpoint, StageResult]:
+    """The base model and its evaluation (iteration 0), with its headroom logged and said in one line (a warning
+    when it is within noise)."""
+    base = Checkpoint.of_folder(ctx.config.base_model_path)
+    base_eval = _named(benchmark_eval, 0)(ctx, 0, ctx.run_id, base, iteration_images(folder, truth, ctx.config, 0), {})
+    headroom = base_headroom(base_eval.metrics)
+    if headroom:
+        log_iteration(ctx.client, ctx.run_id, 0, {"base.headroom": headroom["headroom"],
+                                                  **({"base.headroom_noise": headroom["noise"]} if "noise" in headroom else {})})
+        logger = get_run_logger()
+        (logger.warning if headroom.get("within_noise") else logger.info)(headroom_line(headroom))
+    return base, base_eval
+
+
+def run_iterations(ctx: RunContext, base: Checkpoint, base_eval: StageResult, earlier: list[dict], folder: Path,
+                   truth: Path | None) -> tuple[list[dict], list[IterationResult]]:
+    """The iterations after ``earlier`` (from its last iteration's models when they can be restored, else all of
+    them from the base), each reported once computed; returns the rows kept of ``earlier`` and the results."""
+    models = _checkpoints(ctx, earlier[-1]) if earlier else None
+    earlier = earlier if models else []
+    questioner, reasoner = models or (base, base)
+    previous = _restored(ctx, earlier[-1], "benchmark_eval") if earlier else base_eval
+    results = []
+    for k in range(len(earlier) + 1, ctx.config.iterations + 1):
+        result = iteration(ctx, k, questioner, reasoner, iteration_images(folder, truth, ctx.config, k), previous)
+        questioner, reasoner, previous = result.questioner, result.reasoner, result.stages["benchmark_eval"]
+        results.append(result)
+        if k == ctx.config.iterations or not all(s.cached for s in result.stages.values()):
+            publish_report(ctx, base_eval, earlier, results, folder, truth)  # not again for iterations only restored
+    return earlier, results
+
+
+def record_summary(ctx: RunContext, summary: dict) -> None:
+    """The summary's numbers as the run's metrics (step = iteration), the summary itself in HOME/runs/<run>/ and
+    HOME/summary.json, and as an artifact of the run."""
+    client, run_id, home = ctx.client, ctx.run_id, Path(ctx.home)
     log_iteration(client, run_id, 0, summary["base"]["probe"])
     for row in summary["iterations"]:
         log_iteration(client, run_id, row["iteration"], _numbers(row))
-    log_iteration(client, run_id, config.iterations, {"kept_iteration": summary["kept_iteration"]})
-    write_json(home_path / "runs" / run / "summary.json", summary)
-    write_json(home_path / "summary.json", summary)
-    client.log_artifact(run_id, str(home_path / "runs" / run / "summary.json"))
-    register_model(client, REGISTERED_REASONER, results[-1].models["reasoner"],
-                   _version_tags(run, run_id, summary["iterations"][-1]),
-                   aliases={line_alias(run, "best"): better_on_shapes})
-    keep_reasoner(client, exp, run, run_id, summary)
-    client.set_terminated(run_id, "FINISHED")
-    print(summary_table(summary))
-    return summary
+    log_iteration(client, run_id, ctx.config.iterations, {"kept_iteration": summary["kept_iteration"]})
+    write_json(home / "runs" / ctx.run / "summary.json", summary)
+    write_json(home / "summary.json", summary)
+    client.log_artifact(run_id, str(home / "runs" / ctx.run / "summary.json"))
 
 
 def _checkpoints(ctx: RunContext, row: dict) -> tuple[Checkpoint, Checkpoint] | None:

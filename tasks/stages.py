@@ -25,7 +25,7 @@ from visplay_core.io import read_jsonl, write_json, write_jsonl
 from visplay_core.measure import measure_iteration, probe_statistics, probe_truth, question_diversity
 from visplay_core.rewards import Candidate, Vote, answerable_confidence, curate, is_unanswerable, questioner_rewards
 
-from .tracking import RunContext, StageResult, run_stage, stage_key
+from .stage_cache import RunContext, StageResult, run_stage, stage_key
 
 # Each stage's format number, part of its cache key with the code's versions (``code_versions``): bump it
 # when what the stage writes, or how it computes it, changes in a way its configuration does not show;

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import REGISTERED_REASONER, self_evolution, summary_table
-from tasks.tracking import EXPERIMENT
+from tasks.mlflow_client import EXPERIMENT
 from visplay_core import world
 from visplay_core.config import PROBE_STATISTICS, ConfigError, load_config
 from visplay_core.measure import probe_statistics

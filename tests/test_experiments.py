@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from flows import experiments
 from flows.cli import main
-from tasks.tracking import EXPERIMENT, slug
+from tasks.mlflow_client import EXPERIMENT
+from tasks.registry import slug
 from visplay_core import world
 from visplay_core.bootstrap import world_texts
 from visplay_core.config import ConfigError, load_config

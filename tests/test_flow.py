@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import STAGES, self_evolution
 from tasks import stages as stage_tasks
-from tasks import tracking
-from tasks.tracking import EXPERIMENT
+from tasks import stage_cache
+from tasks.mlflow_client import EXPERIMENT
 from visplay_core.config import load_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -95,7 +95,7 @@ def test_rerun_restores_every_stage(finished, monkeypatch):
     """With one MLflow query for the run's finished stages (``finished_stages``), none a stage."""
     home, config, summary = finished
     looked_up = []
-    monkeypatch.setattr(tracking, "finished_stage", lambda *args: looked_up.append(args))
+    monkeypatch.setattr(stage_cache, "finished_stage", lambda *args: looked_up.append(args))
     again = self_evolution(config=config, home=str(home))
     assert all(s["cached"] for it in again["iterations"] for s in it["stages"].values())
     assert _metrics(again) == _metrics(summary)

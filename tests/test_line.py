@@ -16,7 +16,8 @@ from flows.deploy import schedule_plan, visplay_nightly
 from flows.line import LineError, check_line_name, limit_name, read_line
 from flows.self_evolution import STAGES, self_evolution
 from tasks import stages as stage_tasks
-from tasks.tracking import EXPERIMENT, RunInProgressError, experiment_id, tracking_client, tracking_uri
+from tasks.locks import RunInProgressError
+from tasks.mlflow_client import EXPERIMENT, experiment_id, tracking_client, tracking_uri
 from visplay_core.config import load_config, preset_names
 from tests.net import mlflow_server as start_mlflow
 

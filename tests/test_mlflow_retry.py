@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests.exceptions import ChunkedEncodingError, ConnectionError as RequestsConnectionError
 
-from tasks.tracking import REQUEST_TAG, ROOT, ResilientClient, interrupted, tracking_client
+from tasks.mlflow_client import REQUEST_TAG, ROOT, ResilientClient, interrupted, tracking_client
 from tests.net import CuttingProxy, mlflow_server
 
 
@@ -114,7 +114,7 @@ def test_processes_side_by_side_take_turns_creating_an_embedded_store(tmp_path):
     waiting.join(60)
     assert made.is_set() and (tmp_path / "held" / "mlflow.db").exists()
 
-    script = ("import sys; from tasks.tracking import tracking_client; "
+    script = ("import sys; from tasks.mlflow_client import tracking_client; "
               "c = tracking_client(sys.argv[1]); print(c.search_experiments()[0].name)")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     procs = [subprocess.Popen([sys.executable, "-c", script, uri], cwd=ROOT, stdout=subprocess.PIPE,

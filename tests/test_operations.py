@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import ServerError, up
-from tasks.tracking import RunInProgressError, run_lock
+from tasks.locks import RunInProgressError, run_lock
 from tests.net import Webhook, free_port
 from visplay_core.config import load_config, preset_names
 

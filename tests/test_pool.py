@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from flows.line import limit_name
 from flows.self_evolution import STAGES
 from flows.servers import down, up
-from tasks.tracking import EXPERIMENT
+from tasks.mlflow_client import EXPERIMENT
 from tests.net import free_port
 from tests.test_operations import _wait
 

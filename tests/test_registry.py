@@ -3,7 +3,8 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import EXPERIMENT, beats, better_on_shapes, experiment_id, line_alias, register_model
+from tasks.mlflow_client import EXPERIMENT, experiment_id
+from tasks.registry import beats, better_on_shapes, line_alias, register_model
 
 NAME = "visplay-reasoner"
 

@@ -23,7 +23,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.cli import PREFECT_GRACE_SECONDS, SERVE_GRACE_SECONDS
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import down, read_servers, up
-from tasks.tracking import EXPERIMENT
+from tasks.mlflow_client import EXPERIMENT
 from visplay_core.config import load_config
 from visplay_core.io import read_jsonl
 from tests.net import CuttingProxy, free_port

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from tasks import stages
 from tasks.stages import Checkpoint, ImageSet, StageResult, reasoner_grpo
-from tasks.tracking import RunContext, experiment_id, open_run, stage_key
+from tasks.mlflow_client import experiment_id
+from tasks.stage_cache import RunContext, open_run, stage_key
 from visplay_core import bench, config, grpo
 from visplay_core.config import BASE_CHECKPOINT, code_versions, load_config
 from visplay_core.corpus import ingest, write_embedded_corpus
