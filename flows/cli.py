@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
-import logging
 import os
 import sys
 from pathlib import Path
+
+from flows import console
 
 # Offline by default: nothing is fetched from a model hub, no telemetry; one progress bar per training stage
 # (none for loading and saving checkpoints).
@@ -18,12 +18,6 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
                      "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_key, _value)
-
-PREFECT_GRACE_SECONDS = 10  # how long a run waits for its Prefect server to answer again
-SERVE_GRACE_SECONDS = 3  # and `serve`, which has nothing to lose
-FREEZE_IMPORTS = False  # set by `entry`, the command's own process
-STOPPED_RUN = "the run stops here; run the same command again to resume from its finished stages"
-
 
 def _model_path(value: str) -> Path:
     from visplay_core.config import BASE_CHECKPOINT
@@ -104,92 +98,8 @@ def _shapes_table(scores: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _exit_now(message: str, code: int = 1) -> None:
-    """One line on stderr, then leave at once: nothing further can reach a Prefect server that is gone (its
-    client would retry each call for a minute). Stages are atomic and the run lock is the kernel's, so the
-    rerun restores every finished stage. Child processes (flow runs, GRPO jobs) are stopped first."""
-    import psutil
-
-    # A line of its own whatever was drawing: a stage's bar, here or in a child process, leaves no newline.
-    print(f"\nvisplay: {message}", file=sys.stderr, flush=True)
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.terminate()
-    for child in psutil.wait_procs(children, timeout=3)[1]:
-        child.kill()
-    os._exit(code)
-
-
-def _watch_prefect(what: str, grace: float) -> None:
-    """Leave promptly, with one line, when the Prefect server this process uses stops answering."""
-    api = os.environ.get("PREFECT_API_URL")
-    if api:
-        from flows.servers import watch_prefect
-
-        watch_prefect(api, grace, lambda why: _exit_now(f"{why}; {what}"))
-
-
-class _TracebackOnce(logging.Formatter):
-    """On the console, show an error's traceback the first time it is logged only (Prefect logs it again for
-    every task and flow it leaves), and none under warnings or for a lost connection (Prefect's clients and
-    background services log one when their server goes away, which the run reports in its own one line).
-    The UI's logs keep every copy."""
-
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner, self.shown = inner or logging.Formatter(), []
-
-    def format(self, record: logging.LogRecord) -> str:
-        from tasks.mlflow_client import interrupted
-
-        error = record.exc_info[1] if record.exc_info else None
-        if error is not None and (record.levelno < logging.ERROR or interrupted(error)
-                                  or any(error is e for e in self.shown)):
-            record = copy.copy(record)
-            record.exc_info = record.exc_text = None
-        elif error is not None:
-            self.shown = [*self.shown[-15:], error]
-        return self.inner.format(record)
-
-
-def _tracebacks_once() -> None:
-    """Every console handler of the loggers Prefect configures (the root's, and its internal services')."""
-    for name in ("", "prefect._internal"):
-        for handler in logging.getLogger(name).handlers:
-            if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-                    and not isinstance(handler.formatter, _TracebackOnce)):
-                handler.setFormatter(_TracebackOnce(handler.formatter))
-
-
-def _connect(home: str):
-    """Before a command runs flows: point Prefect and MLflow at HOME's servers when they answer (before prefect
-    is imported: its settings are read then) and leave promptly if that Prefect server dies; otherwise start
-    Prefect's temporary server in the background. Returns ``ready()``, to call once the flows are imported:
-    it waits for Prefect, having opened HOME's embedded MLflow store first when the run uses one (importing,
-    creating or checking it: about 1 s that the run would spend at its first MLflow call, spent
-    instead while that server still boots; the store stays open for the run)."""
-    from flows.servers import start_temporary_prefect, use_servers
-
-    use_servers(Path(home))
-    _watch_prefect(STOPPED_RUN, PREFECT_GRACE_SECONDS)
-    prefect_started = start_temporary_prefect()
-
-    def ready() -> None:
-        _tracebacks_once()
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            from tasks.mlflow_client import tracking_client, tracking_uri
-
-            Path(home).mkdir(parents=True, exist_ok=True)
-            tracking_client(tracking_uri(Path(home)))
-        if FREEZE_IMPORTS:
-            gc.freeze()
-        prefect_started()
-
-    return ready
-
-
 def _run_flow(config, home: str, name: str | None) -> int:
-    ready = _connect(home)
+    ready = console.connect(home)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.self_evolution import self_evolution
@@ -231,7 +141,7 @@ def cmd_advance(args) -> int:
             load_config(args.config, args.set)  # a bad configuration stops here, before any server or flow run
     except ConfigError as e:
         raise SystemExit(f"visplay advance: {e}")
-    ready = _connect(args.home)
+    ready = console.connect(args.home)
     from flows.deploy import form_source, visplay_nightly
     from flows.line import LineError, check_line_name
     from tasks.locks import RunInProgressError
@@ -253,7 +163,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    ready = _connect(args.home)
+    ready = console.connect(args.home)
     from flows.experiments import sweep
     from visplay_core.config import ConfigError
 
@@ -266,8 +176,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    ready = _connect(args.home)
-    from flows.experiments import shipped_grids, sweep
+    ready = console.connect(args.home)
+    from flows.experiments import sweep
+    from flows.grids import shipped_grids
     from visplay_core.config import ConfigError
 
     ready()
@@ -348,12 +259,12 @@ def cmd_serve(args) -> int:
 
     if not get_current_settings().api.url:
         raise SystemExit("visplay serve: no Prefect server: run `visplay up` first (same --home) or set PREFECT_API_URL")
-    _watch_prefect("stopped serving", SERVE_GRACE_SECONDS)
+    console.watch_prefect("stopped serving", console.SERVE_GRACE_SECONDS)
     from flows.deploy import serve
     from flows.line import LineError
     from visplay_core.config import ConfigError
 
-    _tracebacks_once()
+    console.tracebacks_once()
     try:
         serve(args.home, cron=args.cron, timezone=args.timezone, line=args.line, source=args.config or "",
               iterations=args.iterations, notify=args.notify)
@@ -412,6 +323,8 @@ def cmd_inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.grids import EXPERIMENTS
+    from visplay_core.benchmarks import ADAPTERS
     from visplay_core.config import preset_names
 
     parser = argparse.ArgumentParser(prog="visplay", description="Self-evolving VLMs from unlabeled images (VisPlay).")
@@ -454,9 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("experiment", parents=[home, overrides], help="one of the paper's open checks, as a sweep: "
-                       "thresholds, oracle, iterations, initialization, ceiling, headroom, ablations")
-    p.add_argument("name", choices=["thresholds", "oracle", "iterations", "initialization", "ceiling", "headroom",
-                                    "ablations"])
+                       + ", ".join(EXPERIMENTS))
+    p.add_argument("name", choices=list(EXPERIMENTS), help="; ".join(f"{k}: {v[0]}" for k, v in EXPERIMENTS.items()).replace("%", "%%"))
     p.add_argument("--config", default="demo", help="YAML file or preset name (default demo)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--bases", help="initialization, headroom: comma-separated base checkpoints (or 'base')")
@@ -479,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a model on a benchmark")
     p.add_argument("--model", default="base", help="checkpoint folder, or 'base' for the shipped tiny base")
-    p.add_argument("--bench", default="shapes", help="shapes, or real benchmarks: mmmu, mm-vet, realworldqa, "
-                   "visnumbench, mathverse, math-vision, hallusionbench (comma-separated)")
+    p.add_argument("--bench", default="shapes", help=f"shapes, or real benchmarks: {', '.join(ADAPTERS)} "
+                   "(comma-separated)")
     p.add_argument("--limit", type=int, help="at most N items (ShapesBench: spread over the question kinds)")
     p.add_argument("--source", help="data of the benchmark: parquet file, datasets folder or hub name "
                    "(default ./data/<name>)")
@@ -544,8 +456,7 @@ def entry() -> int:
     the flows are imported and again at the end: the objects Prefect, MLflow and pydantic build at import live
     as long as the process, and each full garbage collection over them (one during a run, one at exit) costs
     about 1.5 s on two cores."""
-    global FREEZE_IMPORTS
-    FREEZE_IMPORTS = True
+    console.FREEZE_IMPORTS = True
     try:
         return main()
     finally:

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 from statistics import mean
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 from prefect import task
@@ -26,6 +26,10 @@ from visplay_core.measure import measure_iteration, probe_statistics, probe_trut
 from visplay_core.rewards import Candidate, Vote, answerable_confidence, curate, is_unanswerable, questioner_rewards
 
 from .stage_cache import RunContext, StageResult, run_stage, stage_key
+
+if TYPE_CHECKING:  # for annotations only: these import torch
+    from visplay_core import selfplay
+    from visplay_core.grpo import GRPOJob, ScorerSpec
 
 # Each stage's format number, part of its cache key with the code's versions (``code_versions``): bump it
 # when what the stage writes, or how it computes it, changes in a way its configuration does not show;

@@ -6,7 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows import experiments
+from flows import experiments, grids
 from flows.cli import main
 from tasks.mlflow_client import EXPERIMENT
 from tasks.registry import slug
@@ -21,30 +21,30 @@ QUESTIONER_STAGES = ("question_rollout", "confidence_scoring", "questioner_grpo"
 
 
 def test_grid_of_one_key_and_of_paired_keys():
-    assert experiments.parse_grid("seed=1,2") == [["seed=1"], ["seed=2"]]
-    assert experiments.parse_grid("a:b=1:2,3:4") == [["a=1", "b=2"], ["a=3", "b=4"]]
+    assert grids.parse_grid("seed=1,2") == [["seed=1"], ["seed=2"]]
+    assert grids.parse_grid("a:b=1:2,3:4") == [["a=1", "b=2"], ["a=3", "b=4"]]
     for bad in ("seed", "seed=", "a:b=1:2,3"):
         with pytest.raises(ValueError):
-            experiments.parse_grid(bad)
+            grids.parse_grid(bad)
 
 
 def test_grids_multiply():
-    arms = experiments.arms_of(["a=1,2", "b=x,y,z"])
+    arms = grids.arms_of(["a=1,2", "b=x,y,z"])
     assert len(arms) == 6
     assert arms[0] == ("a=1 b=x", ["a=1", "b=x"]) and arms[-1] == ("a=2 b=z", ["a=2", "b=z"])
 
 
 def test_grid_of_arms_that_set_different_keys():
-    assert experiments.parse_grid("- | a=1 b=2 | c=3") == [[], ["a=1", "b=2"], ["c=3"]]
-    assert experiments.arms_of(["- | a=1", "s=1,2"]) == [("s=1", ["s=1"]), ("s=2", ["s=2"]),
+    assert grids.parse_grid("- | a=1 b=2 | c=3") == [[], ["a=1", "b=2"], ["c=3"]]
+    assert grids.arms_of(["- | a=1", "s=1,2"]) == [("s=1", ["s=1"]), ("s=2", ["s=2"]),
                                                          ("a=1 s=1", ["a=1", "s=1"]), ("a=1 s=2", ["a=1", "s=2"])]
     for bad in ("a=1 | ", "a=1 | b", "a=1 | =2", "- | a="):
         with pytest.raises(ValueError, match="key=value overrides"):
-            experiments.parse_grid(bad)
+            grids.parse_grid(bad)
 
 
 def test_ablation_arms_each_change_only_their_setting():
-    arms = dict(experiments.arms_of(experiments.shipped_grids("ablations", "study", [])))
+    arms = dict(grids.arms_of(grids.shipped_grids("ablations", "study", [])))
     assert arms == {"config": [], "questioner.steps=0": ["questioner.steps=0"],
                     "question_source=grammar questioner.steps=0": ["question_source=grammar", "questioner.steps=0"],
                     "question_source=oracle-grammar questioner.steps=0": ["question_source=oracle-grammar",
@@ -55,21 +55,21 @@ def test_ablation_arms_each_change_only_their_setting():
         changed = {k for k, v in load_config("study", overrides).model_dump().items() if study.model_dump()[k] != v}
         assert changed <= {o.split("=")[0].split(".")[0] for o in overrides}
     window = [dict(o.split("=") for o in overrides)
-              for _, overrides in experiments.arms_of(experiments.shipped_grids("thresholds", "demo", []))]
+              for _, overrides in grids.arms_of(grids.shipped_grids("thresholds", "demo", []))]
     assert window[0] == {"method.tau_low": "0", "method.tau_high": "1"}  # no window: every candidate with a majority
     assert load_config("demo", [f"{k}={v}" for k, v in window[0].items()]).method.tau_high == 1
 
 
 def test_iterations_experiment_keeps_the_total_grpo_budget():
-    grids = experiments.shipped_grids("iterations", "demo", [])
-    arms = [dict(o.split("=") for o in overrides) for _, overrides in experiments.arms_of(grids)]
+    spec = grids.shipped_grids("iterations", "demo", [])
+    arms = [dict(o.split("=") for o in overrides) for _, overrides in grids.arms_of(spec)]
     config = load_config("demo")
     for arm in arms:
         assert int(arm["iterations"]) * int(arm["questioner.steps"]) == config.iterations * config.questioner.steps
         assert int(arm["iterations"]) * int(arm["reasoner.steps"]) == config.iterations * config.reasoner.steps
     assert sorted(int(a["iterations"]) for a in arms) == [1, config.iterations]
     with pytest.raises(ValueError, match="unknown experiment"):
-        experiments.shipped_grids("nope", "demo", [])
+        grids.shipped_grids("nope", "demo", [])
 
 
 def _summary(base, accuracies, cached=False):
@@ -287,3 +287,17 @@ def test_ceiling_experiment_trains_on_true_answers(home):
     curated = [json.loads(r) for r in (home / "stages" / f"threshold_filtering-{runs['none']['threshold_filtering']['key']}"
                                        / "curated.jsonl").read_text().splitlines()]
     assert metrics["curated"]["trained_on"] <= len(curated)  # invalid questions are dropped, none added
+
+
+def test_the_command_line_offers_the_shipped_experiments_and_benchmarks_by_their_registries(capsys):
+    from flows.cli import build_parser
+    from visplay_core.benchmarks import ADAPTERS
+
+    parser = build_parser()
+    for name in grids.EXPERIMENTS:
+        assert parser.parse_args(["experiment", name]).name == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["experiment", "not-an-experiment"])
+    assert "ablations" in capsys.readouterr().err
+    bench = next(a for a in parser._subparsers._group_actions[0].choices["eval"]._actions if a.dest == "bench")
+    assert all(name in bench.help for name in ADAPTERS) and len(ADAPTERS) == 7

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 
-from flows.cli import PREFECT_GRACE_SECONDS, SERVE_GRACE_SECONDS
+from flows.console import PREFECT_GRACE_SECONDS, SERVE_GRACE_SECONDS
 from flows.self_evolution import STAGES, self_evolution
 from flows.servers import down, read_servers, up
 from tasks.mlflow_client import EXPERIMENT
@@ -318,11 +318,11 @@ def test_the_console_shows_a_traceback_once_and_none_for_a_lost_connection():
 
     import httpx
 
-    from flows.cli import _TracebackOnce
+    from flows.console import TracebackOnce
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_TracebackOnce(logging.Formatter("%(levelname)s %(message)s")))
+    handler.setFormatter(TracebackOnce(logging.Formatter("%(levelname)s %(message)s")))
     logger = logging.getLogger("visplay-test-console")
     logger.addHandler(handler)
     logger.propagate = False

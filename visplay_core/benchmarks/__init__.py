@@ -15,7 +15,8 @@ hallusionbench  lmms-lab/HallusionBench                         image       yes/
 The package's parts: ``core`` (the item, the adapter, building items from rows), ``reading`` (reading
 answers and the matching rules), ``adapters/`` (one module per benchmark: its row-to-item mapping and
 its metrics; a new benchmark is a new module there), ``loading`` (files, splits, unique ids), ``judge``
-(MM-Vet's grader) and ``scoring`` (per item, per benchmark, end to end).
+(MM-Vet's grader) and ``scoring`` (per item, per benchmark, end to end; imported on first use, since it
+imports torch).
 
 Data (``load_items``) comes from ``./data/<name>`` by default, or from ``source``: a parquet file, a
 folder of parquet files (a hub snapshot: the files of the split, named ``<split>.parquet`` or
@@ -32,7 +33,18 @@ from .core import (CHOICE_HINT, IN_IMAGE, YES_NO_HINT, Adapter, BenchmarkDataErr
 from .judge import JUDGE_KEY_ENV, MMVET_PROMPT, MMVET_RETRY, Judge, mmvet_prompt, read_grade
 from .loading import default_source, load_items, messages, split_files
 from .reading import SEVERAL, extract_choice, numbers_match, open_match, parse_number, read_choice, read_yes_no
-from .scoring import evaluate_benchmark, score, score_item
+
+SCORING = ("evaluate_benchmark", "score", "score_item")
+
+
+def __getattr__(name: str):
+    """``scoring`` runs the model, so it imports torch: it is loaded when first asked for, which keeps the
+    rest of the package (the adapters' names, for the command line's help) light to import."""
+    if name in SCORING:
+        from . import scoring
+
+        return getattr(scoring, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ADAPTERS", "CHOICE_HINT", "IN_IMAGE", "JUDGE_KEY_ENV", "MMVET_PROMPT", "MMVET_RETRY", "SEVERAL", "YES_NO_HINT",
