@@ -82,6 +82,8 @@ def compare(results: list[dict]) -> dict:
         row["verdict"] = _verdict(row["shapes_accuracy"], row["base_accuracy"], n_eval)
         row["base_headroom"] = _stats([(s["base"].get("headroom") or {}).get("headroom") for s in summaries])
         rows.append(row)
+    for row in rows:
+        row["versus_first"] = _versus(row["shapes_accuracy"], rows[0]["shapes_accuracy"], n_eval) if row is not rows[0] else ""
     bases = {json.dumps(r["base_accuracy"], sort_keys=True) for r in rows}
     return {"base": rows[0]["base_accuracy"] if len(bases) == 1 else None, "eval_items": n_eval, "arms": rows}
 
@@ -136,6 +138,17 @@ def _verdict(arm: dict, base: dict, n_eval: int | None) -> str:
     return f"{'above' if word == 'gain' else 'below'} its base by {abs(arm['mean'] - base['mean']):.3f} (noise ±{margin:.3f})"
 
 
+def _versus(arm: dict, first: dict, n_eval: int | None) -> str:
+    """An arm's last-iteration accuracy against the first arm's (an ablation against the full method), judged
+    against the same noise as a gain over the base."""
+    judged = _judged(arm, first, n_eval)
+    if judged is None:
+        return "no score"
+    word, margin = judged
+    diff = arm["mean"] - first["mean"]
+    return f"{diff:+.3f}, " + ("within noise" if word == "within noise" else "above" if diff > 0 else "below") + f" (±{margin:.3f})"
+
+
 def _has_headroom(comparison: dict) -> bool:
     """Whether the arms' runs measured their base's headroom (``eval.votes``)."""
     return any(row["base_headroom"]["mean"] is not None for row in comparison["arms"])
@@ -171,24 +184,26 @@ def _table(head: list[str], body: list[list[str]]) -> list[str]:
 def comparison_markdown(name: str, comparison: dict) -> str:
     headroom = _has_headroom(comparison)
     head = ["arm", "seeds", "base acc.", *(["base headroom"] if headroom else []),
-            *(c[0] for c in ITERATION_COLUMNS), "kept iteration", "kept acc.", "stages restored", "verdict"]
+            *(c[0] for c in ITERATION_COLUMNS), "kept iteration", "kept acc.", "stages restored", "verdict",
+            f"vs {comparison['arms'][0]['arm']}"]
     body = []
     if comparison["base"] is not None:
         body.append(["base (reference)", "-", _cell(comparison["base"]), *(["-"] if headroom else []),
-                     _cell(comparison["base"]), *["-"] * (len(ITERATION_COLUMNS) + 3)])
+                     _cell(comparison["base"]), *["-"] * (len(ITERATION_COLUMNS) + 4)])
     for row in comparison["arms"]:
         body.append([row["arm"], str(row["seeds"]), _cell(row["base_accuracy"]),
                      *([_cell(row["base_headroom"], sign=True)] if headroom else []),
                      *_cells(row, ITERATION_COLUMNS),
                      ", ".join("-" if k is None else str(k) for k in row["kept_iteration"]), _cell(row["kept_accuracy"]),
-                     f"{row['stages_cached']}/{row['stages']}", row["verdict"]])
+                     f"{row['stages_cached']}/{row['stages']}", row["verdict"], row["versus_first"] or "-"])
     n = comparison["eval_items"]
     lines = [f"## {name}", "", *_table(head, body), "",
              f"Last iteration's metrics, mean ± standard deviation over seeds; ShapesBench on {n or 'all'} "
              f"items; question validity is the oracle's, of the candidates; distinct questions per image and their "
              f"pairwise BLEU (0 to 1) within an image's candidates; the kept iteration is each seed's, chosen by "
              f"its selection rule without ground truth. \"within noise\" means the gain over the base is no larger "
-             f"than the spread over seeds or two binomial standard errors of the evaluation (the noise).", "",
+             f"than the spread over seeds or two binomial standard errors of the evaluation (the noise); the last "
+             f"column judges each arm's last iteration against the first arm's the same way.", "",
              "### Per iteration", "",
              *_table(["arm", "iteration", *(c[0] for c in ITERATION_COLUMNS + PROBE_COLUMNS)],
                      [[row["arm"], str(it["iteration"]), *_cells(it, ITERATION_COLUMNS + PROBE_COLUMNS)]

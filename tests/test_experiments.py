@@ -72,9 +72,9 @@ def test_iterations_experiment_keeps_the_total_grpo_budget():
         grids.shipped_grids("nope", "demo", [])
 
 
-def _summary(base, accuracies, cached=False):
+def _summary(base, accuracies, cached=False, limit=300):
     stage = {"seconds": 1.0, "cached": cached}
-    return {"run": "r", "base": {"shapes_accuracy": base}, "config": {"eval": {"limit": 300}},
+    return {"run": "r", "base": {"shapes_accuracy": base}, "config": {"eval": {"limit": limit}},
             "iterations": [{"iteration": i + 1, "shapes_accuracy": a, "pseudo_label_accuracy": 0.5, "curated": 4,
                             "oracle_validity": 1.0, "stages": {"s": stage}} for i, a in enumerate(accuracies)]}
 
@@ -247,7 +247,6 @@ def test_initialization_experiment_compares_bases(home, tmp_path):
     results = json.loads((home / "experiments" / "initialization" / "results.json").read_text())
     weak, shipped = results["arms"]
     assert weak["arm"] == f"base_model={untrained}" and shipped["arm"] == "base_model=base"
-    assert shipped["stages_cached"] == shipped["stages"]  # the shipped base's run was done by the sweep
     assert weak["base_accuracy"]["mean"] < shipped["base_accuracy"]["mean"]
     assert results["base"] is None  # two different bases: each arm is judged against its own
 
@@ -301,3 +300,15 @@ def test_the_command_line_offers_the_shipped_experiments_and_benchmarks_by_their
     assert "ablations" in capsys.readouterr().err
     bench = next(a for a in parser._subparsers._group_actions[0].choices["eval"]._actions if a.dest == "bench")
     assert all(name in bench.help for name in ADAPTERS) and len(ADAPTERS) == 7
+
+
+def test_each_arm_is_judged_against_the_first_arm():
+    # 1,200 items: noise 2 * sqrt(0.6 * 0.4 / 1200) = 0.0283 at the first arm's 0.60
+    out = experiments.compare([{"arm": "full", "seed": 0, "summary": _summary(0.5, [0.60], limit=None)},
+                               {"arm": "frozen", "seed": 0, "summary": _summary(0.5, [0.58], limit=None)},
+                               {"arm": "none", "seed": 0, "summary": _summary(0.5, [0.52], limit=None)}])
+    full, frozen, none = out["arms"]
+    assert full["versus_first"] == "" and frozen["versus_first"] == "-0.020, within noise (±0.028)"
+    assert none["versus_first"] == "-0.080, below (±0.028)"
+    table = experiments.comparison_markdown("ablations", out)
+    assert "| vs full |" in table and table.count("-0.080, below (±0.028) |") == 1

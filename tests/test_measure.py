@@ -7,7 +7,7 @@ import pytest
 from visplay_core.config import SelectionConfig
 from visplay_core.measure import (calibration, distinct_per_image, kept_iteration, kind_shares, label_accuracy,
                                   measure_iteration, pairwise_bleu, per_kind, probe_statistics, probe_truth,
-                                  question_diversity)
+                                  question_diversity, selection_outcome)
 from visplay_core.world import Obj, Scene
 
 # A small red circle at row 1, col 1 and a large blue square at row 2, col 3.
@@ -169,3 +169,18 @@ def test_kept_iteration_by_a_label_free_statistic():
     assert kept_iteration([{"iteration": 1}, {"iteration": 2}], lowest) == 2  # no row has it: the last
     with pytest.raises(ValueError, match="no iteration"):
         kept_iteration(rows_of([0.1]), lowest)
+
+
+def test_a_kept_iteration_is_judged_against_the_best_and_the_last():
+    rows = [{**row, "shapes_accuracy": acc} for row, acc in zip(rows_of([0.1, 0.5, 0.3, 0.32]), [0.48, 0.60, 0.64, 0.58])]
+    lowest = SelectionConfig(statistic="probe.shuffle_stability")
+    # 1,200 items: noise 2 * sqrt(0.64 * 0.36 / 1200) = 0.0277 at the best iteration's 0.64
+    out = selection_outcome(rows, lowest, 1200)
+    assert (out["kept"], out["best"], out["last"]) == (2, 2, 3) and out["noise"] == pytest.approx(0.027713, abs=1e-6)
+    assert out["near_best"] and not out["worse_than_last"]
+    last = selection_outcome(rows, SelectionConfig(), 1200)  # 0.58 is 0.06 below the best: beyond the noise
+    assert last["kept"] == 3 and not last["near_best"] and not last["worse_than_last"]
+    first = selection_outcome(rows, lowest.model_copy(update={"best": "highest"}), 1200)  # 0.60: 0.04 below the best
+    assert first["kept"] == 1 and not first["near_best"] and not first["worse_than_last"]
+    worse = [{**r, "shapes_accuracy": a} for r, a in zip(rows, [0.48, 0.50, 0.64, 0.62])]
+    assert selection_outcome(worse, lowest.model_copy(update={"best": "highest"}), 1200)["worse_than_last"]

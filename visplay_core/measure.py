@@ -182,6 +182,21 @@ def kept_iteration(rows: list[dict], selection: SelectionConfig) -> int:
     return min(k for k, value in scored if value <= best + selection.tolerance)
 
 
+def selection_outcome(rows: list[dict], selection: SelectionConfig, n_items: int | None,
+                      accuracy: str = "shapes_accuracy") -> dict:
+    """How a run's kept iteration (``kept_iteration`` of its summary ``rows``) fares against the ground truth it
+    never saw: its ``accuracy`` beside the best iteration's and the last's, and whether it is worse than the
+    last, or below the best, by more than the noise of an evaluation of ``n_items`` (at the best's accuracy)."""
+    played = {r["iteration"]: r[accuracy] for r in rows if r["iteration"] >= 1}
+    kept, last = kept_iteration(rows, selection), max(played)
+    best = max(played, key=lambda k: (played[k], -k))
+    margin = noise(played[best], n_items)
+    return {"kept": kept, "best": best, "last": last, "kept_accuracy": played[kept], "best_accuracy": played[best],
+            "last_accuracy": played[last], "noise": margin,
+            "worse_than_last": played[last] - played[kept] > margin,
+            "near_best": played[best] - played[kept] <= margin}
+
+
 def noise(p: float, n_items: int | None, spread: float = 0.0) -> float:
     """How far apart two accuracies must be to count as different: the spread over seeds, and at least two
     binomial standard errors of an evaluation of ``n_items`` at accuracy ``p``."""
