@@ -4,6 +4,8 @@ ground-truth best iteration and against keeping the last. Also the correlation o
 statistic with test accuracy across iterations, within runs.
 
     python docs/experiments/kept_rule.py --home H --prefix ablations- --choose-seeds 0
+    python docs/experiments/kept_rule.py --home H --prefix ablations- --choose-seeds 0,1,2 \
+        --check ablations-question-source-oracle-grammar   # the second choice, checked on runs made after it
 
 The choosing runs' Reasoners are evaluated on the validation draw once (cached in
 HOME/experiments/kept-rule/validation.json); the table goes to HOME/experiments/kept-rule/table.md.
@@ -73,12 +75,15 @@ def main() -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--prefix", default="ablations-", help="the runs: HOME/runs/PREFIX*")
     parser.add_argument("--choose-seeds", default="0", help="seeds of the runs the rule is chosen on (comma-separated)")
+    parser.add_argument("--check", action="append", default=[], metavar="PREFIX",
+                        help="runs named PREFIX* only check the rule, whatever their seed (repeatable)")
     args = parser.parse_args()
     home = Path(args.home)
     seeds = {int(s) for s in args.choose_seeds.split(",")}
     runs = finished_runs(home, args.prefix)
-    choosing = [s for s in runs if s["config"]["seed"] in seeds]
-    checking = [(s, s["iterations"]) for s in runs if s["config"]["seed"] not in seeds]
+    chooses = [s["config"]["seed"] in seeds and not s["run"].startswith(tuple(args.check)) for s in runs]
+    choosing = [s for s, c in zip(runs, chooses) if c]
+    checking = [(s, s["iterations"]) for s, c in zip(runs, chooses) if not c]
     cache_file = home / "experiments" / "kept-rule" / "validation.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     chosen_on = [(s, with_validation_accuracy(home, s, cache)) for s in choosing]
