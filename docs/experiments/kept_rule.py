@@ -6,6 +6,7 @@ statistic with test accuracy across iterations, within runs.
     python docs/experiments/kept_rule.py --home H --prefix ablations- --choose-seeds 0
     python docs/experiments/kept_rule.py --home H --prefix ablations- --choose-seeds 0,1,2 \
         --check ablations-question-source-oracle-grammar   # the second choice, checked on runs made after it
+    python docs/experiments/kept_rule.py --home D --prefix "" --rule highest:agreement_previous  # checked only
 
 The choosing runs' Reasoners are evaluated on the validation draw once (cached in
 HOME/experiments/kept-rule/validation.json); the table goes to HOME/experiments/kept-rule/table.md.
@@ -77,20 +78,27 @@ def main() -> None:
     parser.add_argument("--choose-seeds", default="0", help="seeds of the runs the rule is chosen on (comma-separated)")
     parser.add_argument("--check", action="append", default=[], metavar="PREFIX",
                         help="runs named PREFIX* only check the rule, whatever their seed (repeatable)")
+    parser.add_argument("--rule", metavar="BEST:STATISTIC",
+                        help="check this rule, fixed in advance (e.g. highest:agreement_previous), on every run; "
+                             "nothing is chosen")
     args = parser.parse_args()
     home = Path(args.home)
     seeds = {int(s) for s in args.choose_seeds.split(",")}
     runs = finished_runs(home, args.prefix)
-    chooses = [s["config"]["seed"] in seeds and not s["run"].startswith(tuple(args.check)) for s in runs]
+    fixed = None
+    if args.rule:
+        best, _, statistic = args.rule.partition(":")
+        fixed = SelectionConfig(statistic=f"probe.{statistic}", best=best)
+    chooses = [not fixed and s["config"]["seed"] in seeds and not s["run"].startswith(tuple(args.check)) for s in runs]
     choosing = [s for s, c in zip(runs, chooses) if c]
     checking = [(s, s["iterations"]) for s, c in zip(runs, chooses) if not c]
     cache_file = home / "experiments" / "kept-rule" / "validation.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     chosen_on = [(s, with_validation_accuracy(home, s, cache)) for s in choosing]
 
-    lines = [f"Choosing: {len(chosen_on)} runs (seeds {sorted(seeds)}), the validation draw", "",
-             "| rule | kept = best | within noise of best | worse than last beyond noise | mean kept acc. |",
-             "|---|---|---|---|---|"]
+    lines = [] if fixed else [f"Choosing: {len(chosen_on)} runs (seeds {sorted(seeds)}), the validation draw", "",
+                              "| rule | kept = best | within noise of best | worse than last beyond noise | "
+                              "mean kept acc. |", "|---|---|---|---|---|", ""]
     scores = []
     for rule in RULES:  # "last" first: a statistic must do strictly better to be chosen
         out = judged(chosen_on, rule, "validation_accuracy")
@@ -101,8 +109,8 @@ def main() -> None:
             lines.append(f"| {rule_name(rule)} | {sum(o['kept'] == o['best'] for o in out)}/{len(out)} | "
                          f"{sum(o['near_best'] for o in out)}/{len(out)} | {sum(o['worse_than_last'] for o in out)} | "
                          f"{score[1]:.3f} |")
-    chosen = max(scores, key=lambda sr: sr[0])[1] if chosen_on else RULES[0]
-    lines += ["", f"Chosen: **{rule_name(chosen)}**", "",
+    chosen = fixed or (max(scores, key=lambda sr: sr[0])[1] if chosen_on else RULES[0])
+    lines += [f"{'Fixed in advance' if fixed else 'Chosen'}: **{rule_name(chosen)}**", "",
               f"Checking: {len(checking)} other runs, the test items", "",
               "| run | rule | kept | best | last | kept acc. | best acc. | last acc. | noise | within noise of best | "
               "worse than last |", "|---|---|---|---|---|---|---|---|---|---|---|"]
