@@ -32,8 +32,16 @@ def rule_name(rule: SelectionConfig) -> str:
 
 
 def finished_runs(home: Path, prefix: str) -> list[dict]:
-    runs = [json.loads(p.read_text()) for p in sorted((home / "runs").glob(f"{prefix}*/summary.json"))]
-    return [s for s in runs if len(s["iterations"]) == s["config"]["iterations"]]
+    """The finished runs with an iteration to choose (two or more), each once: a run an experiment restored
+    under another name (the same Reasoner stages) is the same run."""
+    runs, seen = [], set()
+    for path in sorted((home / "runs").glob(f"{prefix}*/summary.json")):
+        summary = json.loads(path.read_text())
+        reasoners = tuple(row["stages"]["reasoner_grpo"]["key"] for row in summary["iterations"])
+        if len(reasoners) == summary["config"]["iterations"] >= 2 and reasoners not in seen:
+            seen.add(reasoners)
+            runs.append(summary)
+    return runs
 
 
 def with_validation_accuracy(home: Path, summary: dict, cache: dict) -> list[dict]:
