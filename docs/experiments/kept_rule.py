@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from statistics import mean
+from statistics import StatisticsError, correlation as pearson, mean
 
 from visplay_core.config import PROBE_STATISTICS, SelectionConfig
 from visplay_core.io import write_json
@@ -44,8 +44,9 @@ def finished_runs(home: Path, prefix: str) -> list[dict]:
     return runs
 
 
-def with_validation_accuracy(home: Path, summary: dict, cache: dict) -> list[dict]:
-    """The run's iteration rows, each with its Reasoner's greedy accuracy on the validation draw (all 1,200)."""
+def with_validation_accuracy(home: Path, summary: dict, cache: dict, cache_file: Path) -> list[dict]:
+    """The run's iteration rows, each with its Reasoner's greedy accuracy on the validation draw (all 1,200),
+    evaluated once: ``cache`` (Reasoner stage key → accuracy) is kept in ``cache_file``."""
     from visplay_core.evaluate import evaluate_on
     from visplay_core.model import load_model, load_processor
 
@@ -57,7 +58,7 @@ def with_validation_accuracy(home: Path, summary: dict, cache: dict) -> list[dic
             scores = evaluate_on("shapes", load_model(path), load_processor(path), shapes_split="validation",
                                  shuffled=False)
             cache[key] = scores["accuracy"]
-            write_json(home / "experiments" / "kept-rule" / "validation.json", cache)
+            write_json(cache_file, cache)
         rows.append({**row, "validation_accuracy": cache[key]})
     return rows
 
@@ -75,8 +76,10 @@ def correlation(runs: list[dict], statistic: str) -> float | None:
             continue
         mx, my = mean(r[statistic] for r in rows), mean(r["shapes_accuracy"] for r in rows)
         pairs += [(r[statistic] - mx, r["shapes_accuracy"] - my) for r in rows]
-    sxy, sxx, syy = (sum(x * y for x, y in pairs), sum(x * x for x, _ in pairs), sum(y * y for _, y in pairs))
-    return sxy / (sxx * syy) ** 0.5 if sxx and syy else None
+    try:
+        return pearson([x for x, _ in pairs], [y for _, y in pairs])
+    except StatisticsError:  # fewer than two pairs, or a constant statistic
+        return None
 
 
 def main() -> None:
@@ -100,9 +103,10 @@ def main() -> None:
     chooses = [not fixed and s["config"]["seed"] in seeds and not s["run"].startswith(tuple(args.check)) for s in runs]
     choosing = [s for s, c in zip(runs, chooses) if c]
     checking = [(s, s["iterations"]) for s, c in zip(runs, chooses) if not c]
-    cache_file = home / "experiments" / "kept-rule" / "validation.json"
+    folder = home / "experiments" / "kept-rule"
+    cache_file = folder / "validation.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    chosen_on = [(s, with_validation_accuracy(home, s, cache)) for s in choosing]
+    chosen_on = [(s, with_validation_accuracy(home, s, cache, cache_file)) for s in choosing]
 
     lines = [] if fixed else [f"Choosing: {len(chosen_on)} runs (seeds {sorted(seeds)}), the validation draw", "",
                               "| rule | kept = best | within noise of best | worse than last beyond noise | "
@@ -141,8 +145,8 @@ def main() -> None:
         r = correlation(runs, statistic)
         lines.append(f"- {statistic.removeprefix('probe.')}: " + ("-" if r is None else f"{r:+.2f}"))
     text = "\n".join(lines) + "\n"
-    (home / "experiments" / "kept-rule" / "table.md").parent.mkdir(parents=True, exist_ok=True)
-    (home / "experiments" / "kept-rule" / "table.md").write_text(text)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table.md").write_text(text)
     print(text)
 
 
